@@ -1,0 +1,35 @@
+# One command each: `make demo` (set up, then train on the embedded demo dataset) and
+# `make test` (set up, then lint and run the tests). `make setup` only builds ./.venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# Rebuilt whenever a requirements file changes; the stamp is written only after a full install.
+$(STAMP): $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: setup
+	$(PY) launch/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) demo_run .pytest_cache .ruff_cache

@@ -1,0 +1,219 @@
+"""One typed configuration, built from the job's hyperparameters in one place.
+
+Hyperparameter names are flat (`epochs`, `n_mels`, ...): they are the public interface used by the
+launcher, the docs and the tests. Each belongs to exactly one section below; its value, which
+SageMaker delivers as a string (or JSON-decoded by the toolkit), is parsed by the field's type and
+checked against the field's range. Unknown names are rejected by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from birdsed.errors import ConfigError
+
+
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tf_efficientnetv2_s.in21k"
+    pretrained: Literal["auto", "true", "false"] = "auto"
+    freeze_backbone: bool = False
+    head: Literal["attention", "chrononet"] = "attention"
+    drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95))
+    drop_path_rate: float = field(default=0.1, metadata=_range(0.0, 0.95))
+    gru_hidden: int = field(default=256, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sample_rate: int = field(default=32000, metadata=_range(4000, 192000))
+    duration: float = field(default=5.0, metadata=_range(0.0, 120.0, low_open=True))
+    secondary_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    num_workers: int = field(default=-1, metadata=_range(-1, 64))
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    n_mels: int = field(default=128, metadata=_range(8, 512))
+    n_fft: int = field(default=2048, metadata=_range(64, 16384))
+    hop_length: int = field(default=512, metadata=_range(16, 8192))
+    fmin: float = field(default=50.0, metadata=_range(0.0))
+    fmax: float = field(default=14000.0, metadata=_range(0.0, low_open=True))
+    top_db: float = field(default=80.0, metadata=_range(10.0, 200.0))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = field(default=30, metadata=_range(1, 100000))
+    batch_size: int = field(default=32, metadata=_range(1, 4096))
+    grad_accum_steps: int = field(default=1, metadata=_range(1, 1024))
+    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, low_open=True))
+    weight_decay: float = field(default=1e-2, metadata=_range(0.0, 10.0))
+    warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 1000.0))
+    min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0))
+    max_grad_norm: float = field(default=5.0, metadata=_range(0.0))
+    max_steps: int = field(default=0, metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    loss: Literal["focal", "bce"] = "focal"
+    focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
+    frame_loss_weight: float = field(default=0.5, metadata=_range(0.0, 10.0))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    amp: Literal["auto", "off"] = "auto"
+    seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
+    checkpoint_keep: int = field(default=3, metadata=_range(1, 1000))
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, object]]:
+        return dataclasses.asdict(self)
+
+    def hyperparameters(self) -> dict[str, object]:
+        """Every hyperparameter by its public (flat) name."""
+        return {name: value for section in self.to_dict().values() for name, value in section.items()}
+
+
+def _section_fields() -> dict[str, tuple[str, dataclasses.Field, object]]:
+    """Map each public hyperparameter name to (section name, field, resolved type)."""
+    names: dict[str, tuple[str, dataclasses.Field, object]] = {}
+    for section in dataclasses.fields(Config):
+        section_type = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(section_type)
+        for item in dataclasses.fields(section_type):
+            names[item.name] = (section.name, item, hints[item.name])
+    return names
+
+
+HYPERPARAMETERS = _section_fields()
+
+
+def from_hyperparameters(hyperparameters: Mapping[str, object]) -> Config:
+    """Build and validate the config; raise `ConfigError` naming the first bad hyperparameter."""
+    unknown = sorted(set(hyperparameters) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ConfigError(_unknown_message(unknown[0]))
+    values: dict[str, dict[str, object]] = {section.name: {} for section in dataclasses.fields(Config)}
+    for name, raw in hyperparameters.items():
+        section, item, kind = HYPERPARAMETERS[name]
+        values[section][name] = _parse_value(name, raw, kind, item.metadata)
+    hints = typing.get_type_hints(Config)
+    config = Config(**{section: hints[section](**fields) for section, fields in values.items()})
+    _check_consistency(config)
+    return config
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, HYPERPARAMETERS, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown hyperparameter '{name}'.{hint} Known hyperparameters: {', '.join(sorted(HYPERPARAMETERS))}."
+
+
+def _parse_value(name: str, raw: object, kind: object, metadata: Mapping) -> object:
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"Hyperparameter '{name}' must be one of {', '.join(choices)}; got '{raw}'.")
+        return text
+    parser = {bool: _parse_bool, int: _parse_int, float: _parse_float, str: _parse_str}[kind]
+    value = parser(name, raw)
+    _check_range(name, value, metadata)
+    return value
+
+
+def _parse_bool(name: str, raw: object) -> bool:
+    text = str(raw).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ConfigError(f"Hyperparameter '{name}' must be true or false; got '{raw}'.")
+
+
+def _parse_int(name: str, raw: object) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"Hyperparameter '{name}' must be an integer; got '{raw}'.")
+    try:
+        number = float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"Hyperparameter '{name}' must be an integer; got '{raw}'.") from None
+    if not number.is_integer():
+        raise ConfigError(f"Hyperparameter '{name}' must be an integer; got '{raw}'.")
+    return int(number)
+
+
+def _parse_float(name: str, raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"Hyperparameter '{name}' must be a number; got '{raw}'.")
+    try:
+        number = float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"Hyperparameter '{name}' must be a number; got '{raw}'.") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"Hyperparameter '{name}' must be a finite number; got '{raw}'.")
+    return number
+
+
+def _parse_str(name: str, raw: object) -> str:
+    text = str(raw).strip()
+    if not text:
+        raise ConfigError(f"Hyperparameter '{name}' must not be empty.")
+    return text
+
+
+def _check_range(name: str, value: object, metadata: Mapping) -> None:
+    low, high = metadata.get("low"), metadata.get("high")
+    if low is not None and (value < low or (metadata.get("low_open") and value == low)):
+        bound = "greater than" if metadata.get("low_open") else "at least"
+        raise ConfigError(f"Hyperparameter '{name}' must be {bound} {low}; got {value}.")
+    if high is not None and value > high:
+        raise ConfigError(f"Hyperparameter '{name}' must be at most {high}; got {value}.")
+
+
+def _check_consistency(config: Config) -> None:
+    """Rules that involve more than one hyperparameter."""
+    nyquist = config.data.sample_rate / 2
+    if config.features.fmax > nyquist:
+        raise ConfigError(
+            f"Hyperparameter 'fmax' ({config.features.fmax:g} Hz) is above the Nyquist frequency "
+            f"of sample_rate={config.data.sample_rate} ({nyquist:g} Hz); lower fmax or raise sample_rate."
+        )
+    if config.features.fmin >= config.features.fmax:
+        raise ConfigError(
+            f"Hyperparameter 'fmin' ({config.features.fmin:g}) must be below fmax ({config.features.fmax:g})."
+        )
+    if config.features.hop_length > config.features.n_fft:
+        raise ConfigError(
+            f"Hyperparameter 'hop_length' ({config.features.hop_length}) must not exceed n_fft "
+            f"({config.features.n_fft})."
+        )
+    samples = config.data.duration * config.data.sample_rate
+    if samples < config.features.n_fft:
+        raise ConfigError(
+            f"Hyperparameter 'duration' ({config.data.duration:g} s) is shorter than one FFT window "
+            f"(n_fft={config.features.n_fft} samples at {config.data.sample_rate} Hz)."
+        )

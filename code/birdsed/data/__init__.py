@@ -1,0 +1,1 @@
+"""Data stages: metadata, audio decoding, crops, sampling."""

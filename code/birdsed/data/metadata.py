@@ -1,0 +1,186 @@
+"""`train_metadata.csv`: parsing, label vocabulary, ratings, split, class and sample weights.
+
+Rules (documented in the README):
+- `secondary_labels` is a Python-list string (`"['a', 'b']"`); secondary labels outside the
+  vocabulary (the primary labels of the training data) are ignored and counted.
+- `rating` 0 means "not rated" on xeno-canto, so 0 and empty ratings are both filled: with the mean
+  rating of the recording's primary label, then with the global mean, else 5.
+- Class weights are `count ** -0.5` of each primary label in the training split; they drive the
+  weighted sampler and the loss.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from birdsed.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "train_metadata.csv"
+AUDIO_DIR = "train_audio"
+REQUIRED_COLUMNS = ("primary_label", "secondary_labels", "rating", "filename")
+MAX_RATING = 5.0
+# A recording rated 1 still teaches something: its loss weight is rating / 5, at least this.
+MIN_RATING_WEIGHT = 0.2
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """The usable recordings of one split, aligned row by row with their targets and weights."""
+
+    paths: list[Path]
+    primary_labels: list[str]
+    targets: np.ndarray  # [N, C] float32, 1 for the primary label, secondary_weight for secondary
+    sample_weights: np.ndarray  # [N] float32, rating-based, mean 1 over the training split
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_metadata(channel_dir: Path) -> pd.DataFrame:
+    """Read and normalise `train_metadata.csv` of a channel; paths are made absolute."""
+    csv_path = channel_dir / METADATA_FILE
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path} is missing: the channel must hold {METADATA_FILE} beside {AUDIO_DIR}/.")
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{csv_path} is not a readable CSV file: {error}.") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{csv_path} lacks the required column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
+        )
+    if frame.empty:
+        raise DataError(f"{csv_path} has no rows: there is nothing to train on.")
+    frame = frame.assign(
+        primary_label=frame["primary_label"].str.strip(),
+        filename=frame["filename"].str.strip(),
+        secondary_labels=frame["secondary_labels"].map(parse_secondary_labels),
+        rating=pd.to_numeric(frame["rating"], errors="coerce"),
+    )
+    frame["path"] = [channel_dir / AUDIO_DIR / name for name in frame["filename"]]
+    return frame.reset_index(drop=True)
+
+
+def parse_secondary_labels(value: object) -> list[str]:
+    """`"['a', 'b']"` -> `['a', 'b']`; empty or malformed values give no secondary labels."""
+    text = str(value).strip()
+    if not text or text in {"[]", "nan", "None"}:
+        return []
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        logger.warning("Ignoring malformed secondary_labels value %r", text)
+        return []
+    if isinstance(parsed, str):
+        parsed = [parsed]
+    if not isinstance(parsed, (list, tuple)):
+        logger.warning("Ignoring malformed secondary_labels value %r", text)
+        return []
+    return [str(label).strip() for label in parsed if str(label).strip()]
+
+
+def fill_ratings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fill unrated recordings with their label's mean rating, then the global mean, else 5."""
+    rating = frame["rating"].where((frame["rating"] > 0) & (frame["rating"] <= MAX_RATING))
+    unrated = int(rating.isna().sum())
+    by_label = rating.groupby(frame["primary_label"]).transform("mean")
+    global_mean = rating.mean()
+    filled = rating.fillna(by_label).fillna(MAX_RATING if np.isnan(global_mean) else global_mean)
+    if unrated:
+        logger.info("Filled %d missing or zero rating(s) (per label, then global mean)", unrated)
+    return frame.assign(rating=filled)
+
+
+def build_vocabulary(frame: pd.DataFrame) -> list[str]:
+    """Class names in output order: the sorted primary labels."""
+    return sorted(frame["primary_label"].unique())
+
+
+def build_targets(frame: pd.DataFrame, labels: list[str], secondary_weight: float) -> np.ndarray:
+    """Multi-hot targets; secondary labels outside the vocabulary are ignored and counted."""
+    index = {label: position for position, label in enumerate(labels)}
+    targets = np.zeros((len(frame), len(labels)), dtype=np.float32)
+    ignored = 0
+    for row, (primary, secondary) in enumerate(zip(frame["primary_label"], frame["secondary_labels"], strict=False)):
+        for label in secondary:
+            if label in index:
+                targets[row, index[label]] = max(targets[row, index[label]], secondary_weight)
+            else:
+                ignored += 1
+        targets[row, index[primary]] = 1.0
+    if ignored:
+        logger.info("Ignored %d secondary label(s) outside the training vocabulary", ignored)
+    return targets
+
+
+def split_train_validation(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out one recording of every class that has at least 2, then a random fraction more.
+
+    Every class keeps at least one training recording; classes with a single recording are
+    train-only (they cannot be validated without being unseen in training).
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    remaining = frame["primary_label"].value_counts().to_dict()
+    validation: list[int] = []
+    seen: set[str] = set()
+    for row in order:
+        label = frame.at[row, "primary_label"]
+        if label not in seen and remaining[label] >= 2:
+            seen.add(label)
+            validation.append(row)
+            remaining[label] -= 1
+    target_size = int(round(val_fraction * len(frame)))
+    chosen = set(validation)
+    for row in order:
+        if len(validation) >= target_size:
+            break
+        label = frame.at[row, "primary_label"]
+        if row not in chosen and remaining[label] >= 2:
+            validation.append(row)
+            chosen.add(row)
+            remaining[label] -= 1
+    train_rows = [row for row in range(len(frame)) if row not in chosen]
+    return frame.iloc[train_rows].reset_index(drop=True), frame.iloc[sorted(validation)].reset_index(drop=True)
+
+
+def class_weights(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """`count ** -0.5` per class (count of primary labels), normalised to mean 1 over classes.
+
+    Classes absent from `frame` get the weight of a class seen once.
+    """
+    counts = frame["primary_label"].value_counts().reindex(labels).fillna(1.0).to_numpy(dtype=np.float64)
+    weights = np.power(np.maximum(counts, 1.0), -0.5)
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def sampling_weights(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """Per-recording sampler weight: the class weight of its primary label."""
+    per_class = dict(zip(labels, class_weights(frame, labels), strict=False))
+    return np.array([per_class[label] for label in frame["primary_label"]], dtype=np.float64)
+
+
+def rating_weights(frame: pd.DataFrame) -> np.ndarray:
+    """Per-recording loss weight from its (filled) rating, normalised to mean 1."""
+    weights = np.clip(frame["rating"].to_numpy(dtype=np.float64) / MAX_RATING, MIN_RATING_WEIGHT, 1.0)
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def make_recordings(frame: pd.DataFrame, labels: list[str], secondary_weight: float) -> Recordings:
+    return Recordings(
+        paths=list(frame["path"]),
+        primary_labels=list(frame["primary_label"]),
+        targets=build_targets(frame, labels, secondary_weight),
+        sample_weights=rating_weights(frame) if len(frame) else np.zeros(0, np.float32),
+        frame=frame,
+    )

@@ -1,0 +1,230 @@
+"""A synthetic BirdCLEF-style dataset: species-specific calls in pink noise and wind rumble.
+
+Used by the demo, the tests and the benchmark, so that they need no download. Each species has a
+call shape of its own (whistles, trills, chirps, buzzes, warbles, hoots, ...), varied per
+recording in pitch, tempo and level; some recordings carry a quieter second species (listed in
+`secondary_labels`); recordings differ in format, sample rate, channels and length, as real data does.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from birdsed.data.metadata import AUDIO_DIR, METADATA_FILE
+
+CallMaker = Callable[[np.random.Generator, int, float], np.ndarray]
+
+
+def _tone(frequency: np.ndarray, sample_rate: int, harmonics: Sequence[float] = (1.0,)) -> np.ndarray:
+    phase = 2 * np.pi * np.cumsum(frequency) / sample_rate
+    return sum(weight * np.sin((order + 1) * phase) for order, weight in enumerate(harmonics))
+
+
+def _envelope(length: int, attack: float = 0.1) -> np.ndarray:
+    ramp = max(1, int(length * attack))
+    window = np.ones(length)
+    window[:ramp] = np.linspace(0, 1, ramp)
+    window[-ramp:] = np.linspace(1, 0, ramp)
+    return window
+
+
+def _seconds(sample_rate: int, seconds: float) -> np.ndarray:
+    return np.arange(int(seconds * sample_rate)) / sample_rate
+
+
+def descending_whistle(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 0.35)
+    frequency = pitch * (4200 - 1800 * t / t[-1])
+    return _tone(frequency, sample_rate, (1.0, 0.2)) * _envelope(len(t))
+
+
+def fast_trill(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 0.9)
+    pulses = (np.sin(2 * np.pi * 22 * t) > 0.3).astype(float)
+    return _tone(np.full(len(t), 5200 * pitch), sample_rate) * pulses * _envelope(len(t), 0.05)
+
+
+def rising_chirp(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 0.12)
+    frequency = pitch * (2000 + 3500 * (t / t[-1]) ** 2)
+    return _tone(frequency, sample_rate) * _envelope(len(t), 0.2)
+
+
+def two_notes(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    high = _tone(np.full(int(0.22 * sample_rate), 3300 * pitch), sample_rate, (1.0, 0.3))
+    low = _tone(np.full(int(0.3 * sample_rate), 2500 * pitch), sample_rate, (1.0, 0.3))
+    gap = np.zeros(int(0.08 * sample_rate))
+    return np.concatenate([high * _envelope(len(high)), gap, low * _envelope(len(low))])
+
+
+def buzz(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 0.6)
+    carrier = _tone(np.full(len(t), 7000 * pitch), sample_rate) + 0.7 * _tone(
+        np.full(len(t), 7600 * pitch), sample_rate
+    )
+    modulation = 0.5 * (1 + np.sin(2 * np.pi * 90 * t))
+    return carrier * modulation * _envelope(len(t))
+
+
+def warble(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 1.1)
+    frequency = pitch * (3600 + 700 * np.sin(2 * np.pi * 11 * t + rng.uniform(0, 6.3)))
+    return _tone(frequency, sample_rate, (1.0, 0.4, 0.1)) * _envelope(len(t), 0.08)
+
+
+def hoot(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    t = _seconds(sample_rate, 0.45)
+    return _tone(np.full(len(t), 650 * pitch), sample_rate, (1.0, 0.6, 0.3)) * _envelope(len(t), 0.3)
+
+
+def click_series(rng: np.random.Generator, sample_rate: int, pitch: float) -> np.ndarray:
+    length = int(0.7 * sample_rate)
+    clicks = np.zeros(length)
+    for start in range(0, length - 200, int(0.07 * sample_rate)):
+        burst = rng.normal(size=120) * np.hanning(120)
+        clicks[start : start + 120] += burst
+    # band-limit the clicks to 2-6 kHz so they sound (and look) like a dry rattle
+    spectrum = np.fft.rfft(clicks)
+    frequencies = np.fft.rfftfreq(length, 1 / sample_rate)
+    spectrum[(frequencies < 2000 * pitch) | (frequencies > 6000 * pitch)] = 0
+    return np.fft.irfft(spectrum, n=length)
+
+
+SPECIES: dict[str, CallMaker] = {
+    "dwnwhi1": descending_whistle,
+    "trillr1": fast_trill,
+    "chirpy1": rising_chirp,
+    "twonot1": two_notes,
+    "buzzer1": buzz,
+    "warble1": warble,
+    "hooter1": hoot,
+    "rattle1": click_series,
+}
+
+
+def pink_noise(rng: np.random.Generator, length: int) -> np.ndarray:
+    """Noise with power falling as 1/f, unit RMS."""
+    spectrum = np.fft.rfft(rng.normal(size=length))
+    scale = np.ones(len(spectrum))
+    scale[1:] = 1 / np.sqrt(np.arange(1, len(spectrum)))
+    noise = np.fft.irfft(spectrum * scale, n=length)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def wind_rumble(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Slowly gusting low-frequency noise, unit RMS."""
+    spectrum = np.fft.rfft(rng.normal(size=length))
+    spectrum[np.fft.rfftfreq(length, 1 / sample_rate) > 300] = 0
+    rumble = np.fft.irfft(spectrum, n=length)
+    gusts = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * np.arange(length) / sample_rate)
+    rumble *= gusts
+    return rumble / (np.sqrt(np.mean(rumble**2)) + 1e-12)
+
+
+def place_calls(
+    track: np.ndarray, species: str, rng: np.random.Generator, sample_rate: int, level: float, spacing: float
+) -> None:
+    """Add bouts of `species` calls along the track, about every `spacing` seconds."""
+    pitch = rng.uniform(0.92, 1.08)
+    time = rng.uniform(0.0, min(1.0, spacing))
+    while time < len(track) / sample_rate:
+        for _ in range(int(rng.integers(1, 4))):
+            call = SPECIES[species](rng, sample_rate, pitch * rng.uniform(0.98, 1.02))
+            start = int(time * sample_rate)
+            if start >= len(track):
+                return
+            end = min(len(track), start + len(call))
+            track[start:end] += level * rng.uniform(0.6, 1.0) * call[: end - start]
+            time += len(call) / sample_rate + rng.uniform(0.05, 0.2)
+        time += rng.uniform(0.5, 1.5) * spacing
+
+
+def synthesize_recording(
+    rng: np.random.Generator, primary: str, secondary: Sequence[str], seconds: float, sample_rate: int
+) -> np.ndarray:
+    """A mono recording: background noise, the primary species, quieter secondary species."""
+    length = int(seconds * sample_rate)
+    track = 0.03 * rng.uniform(0.5, 1.5) * pink_noise(rng, length)
+    track += 0.03 * rng.uniform(0.3, 1.5) * wind_rumble(rng, length, sample_rate)
+    place_calls(track, primary, rng, sample_rate, level=0.25, spacing=rng.uniform(1.0, 2.0))
+    for other in secondary:
+        place_calls(track, other, rng, sample_rate, level=0.08, spacing=rng.uniform(2.5, 4.0))
+    peak = np.max(np.abs(track)) + 1e-9
+    return (track / peak * rng.uniform(0.3, 0.9)).astype(np.float32)
+
+
+FORMATS = {
+    ".ogg": ("OGG", "VORBIS"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".wav": ("WAV", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def make_dataset(
+    root: Path,
+    species: int = 6,
+    recordings_per_species: int = 12,
+    seconds: tuple[float, float] = (4.0, 15.0),
+    sample_rates: Sequence[int] = (32000, 44100, 48000, 22050),
+    formats: Sequence[str] = (".ogg", ".flac", ".wav", ".mp3"),
+    seed: int = 0,
+) -> Path:
+    """Write `train_metadata.csv` and `train_audio/<label>/<file>` under `root`; returns `root`."""
+    if not 1 <= species <= len(SPECIES):
+        raise ValueError(f"species must be between 1 and {len(SPECIES)}")
+    rng = np.random.default_rng(seed)
+    labels = list(SPECIES)[:species]
+    rows = []
+    for label in labels:
+        (root / AUDIO_DIR / label).mkdir(parents=True, exist_ok=True)
+        for number in range(recordings_per_species):
+            rows.append(_write_recording(root, label, labels, number, rng, seconds, sample_rates, formats))
+    with open(root / METADATA_FILE, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def _write_recording(
+    root: Path,
+    label: str,
+    labels: list[str],
+    number: int,
+    rng: np.random.Generator,
+    seconds: tuple[float, float],
+    sample_rates: Sequence[int],
+    formats: Sequence[str],
+) -> dict[str, str]:
+    others = [other for other in labels if other != label]
+    secondary = list(rng.choice(others, size=1)) if others and rng.random() < 0.3 else []
+    sample_rate = int(sample_rates[(number // 2) % len(sample_rates)])
+    suffix = formats[number % len(formats)]
+    waveform = synthesize_recording(rng, label, secondary, rng.uniform(*seconds), sample_rate)
+    if number % 3 == 2:
+        # Stereo, with the channels a little different, as a real two-microphone recording is.
+        waveform = np.stack([waveform, 0.8 * waveform], axis=1)
+    filename = f"{label}/XC{100000 + 1000 * labels.index(label) + number}{suffix}"
+    container, subtype = FORMATS[suffix]
+    sf.write(root / AUDIO_DIR / filename, waveform, sample_rate, format=container, subtype=subtype)
+    rating = "" if rng.random() < 0.15 else f"{rng.choice([2.5, 3.0, 3.5, 4.0, 4.5, 5.0]):.1f}"
+    return {
+        "primary_label": label,
+        "secondary_labels": str([str(other) for other in secondary]),
+        "type": "['song']",
+        "latitude": f"{rng.uniform(-30, 50):.4f}",
+        "longitude": f"{rng.uniform(-120, 120):.4f}",
+        "scientific_name": f"Synthetica {label}",
+        "common_name": f"Synthetic {label}",
+        "author": "birdsed",
+        "license": "Creative Commons Attribution 4.0",
+        "rating": rating,
+        "url": "",
+        "filename": filename,
+    }

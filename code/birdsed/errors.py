@@ -1,0 +1,17 @@
+"""Errors whose message is the reason a user reads in `output/failure`."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (hyperparameters, data, channels), not with birdsed.
+
+    The message must say what is wrong and what to do; it is written verbatim to the failure
+    file, so keep it to one paragraph.
+    """
+
+
+class ConfigError(UserError):
+    """A hyperparameter is unknown, malformed or out of range."""
+
+
+class DataError(UserError):
+    """The dataset cannot be used as given."""

@@ -1,0 +1,41 @@
+"""The failure contract of a training job (as the toolkit's trainer.py).
+
+User errors (hyperparameters, data, channels) write their one-paragraph reason to
+`output/failure` and exit 1. Anything else writes the error and its traceback (SageMaker shows
+the first 1,024 characters, so the message comes first) and exits 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+
+from birdsed import config, logs, sm_env
+from birdsed.errors import UserError
+from birdsed.training.run import run
+
+logger = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+
+
+def main(environ: Mapping[str, str], argv: Sequence[str]) -> int:
+    logs.configure()
+    output_dir = sm_env.output_dir_from(environ)
+    try:
+        env = sm_env.from_environ(environ, argv)
+        cfg = config.from_hyperparameters(env.hyperparameters)
+        logger.info("hyperparameters: %s", cfg.hyperparameters())
+        run(cfg, env)
+    except UserError as error:
+        logger.error("%s", error)
+        sm_env.write_failure(output_dir, str(error))
+        return EXIT_USER_ERROR
+    except Exception as error:
+        reason = f"Internal error: {type(error).__name__}: {error}\n\n{traceback.format_exc()}"
+        logger.exception("Training failed")
+        sm_env.write_failure(output_dir, reason)
+        return EXIT_INTERNAL_ERROR
+    return 0

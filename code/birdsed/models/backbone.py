@@ -1,0 +1,98 @@
+"""timm backbones with their classifier and final pooling removed, weights from a local file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from birdsed.config import ModelConfig
+from birdsed.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def find_pretrained_weights(channel_dir: Path | None, backbone: str) -> Path | None:
+    """The weights file in the `pretrained` channel: the only one, or the one named after the backbone."""
+    if channel_dir is None or not channel_dir.is_dir():
+        return None
+    candidates = sorted(path for path in channel_dir.rglob("*") if path.is_file() and path.suffix in WEIGHT_SUFFIXES)
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    stems = {backbone, backbone.split(".")[0]}
+    named = [path for path in candidates if path.stem in stems or path.parent.name in stems]
+    if len(named) == 1:
+        return named[0]
+    raise DataError(
+        f"The pretrained channel holds {len(candidates)} weight files "
+        f"({', '.join(path.name for path in candidates[:5])}); keep one, or name it '{backbone}.safetensors'."
+    )
+
+
+def resolve_weights(cfg: ModelConfig, channel_dir: Path | None) -> Path | None:
+    """Apply the `pretrained` policy: auto (use if present), true (required), false (never)."""
+    if cfg.pretrained == "false":
+        return None
+    weights = find_pretrained_weights(channel_dir, cfg.backbone)
+    if weights is None and cfg.pretrained == "true":
+        raise DataError(
+            f"pretrained=true but no weights file ({', '.join(WEIGHT_SUFFIXES)}) was found in the "
+            f"'pretrained' channel for backbone '{cfg.backbone}'. Add the channel (e.g. the timm "
+            "model's model.safetensors from the Hugging Face hub) or set pretrained=auto or false."
+        )
+    if weights is None:
+        logger.warning(
+            "No pretrained weights for %s (no 'pretrained' channel or no weight file in it): "
+            "the backbone starts from random initialisation.",
+            cfg.backbone,
+        )
+    return weights
+
+
+def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -> nn.Module:
+    """A timm model returning feature maps `[B, C, F, T]` from `forward_features`.
+
+    Weights load through timm's own loader (safetensors or `torch.load(weights_only=True)`), which
+    drops the classifier and adapts the stem to `in_chans`.
+    """
+    if not timm.is_model(cfg.backbone):
+        raise ConfigError(
+            f"Unknown backbone '{cfg.backbone}': it is not a timm model name "
+            "(see timm.list_models(), e.g. tf_efficientnetv2_s.in21k, efficientnet_b0)."
+        )
+    options = {"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
+    try:
+        model = timm.create_model(
+            cfg.backbone,
+            pretrained=weights is not None,
+            num_classes=0,
+            global_pool="",
+            in_chans=in_chans,
+            drop_path_rate=cfg.drop_path_rate,
+            **options,
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as error:
+        if weights is None:
+            raise
+        raise DataError(f"Could not load pretrained weights {weights.name} into '{cfg.backbone}': {error}") from None
+    _check_feature_maps(model, cfg.backbone, in_chans)
+    if weights:
+        logger.info("Loaded pretrained weights for %s from %s", cfg.backbone, weights)
+    return model
+
+
+def _check_feature_maps(model: nn.Module, name: str, in_chans: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        output = model.forward_features(torch.zeros(1, in_chans, 64, 64))
+    model.train()
+    if output.ndim != 4:
+        raise ConfigError(
+            f"Backbone '{name}' returns features of shape {tuple(output.shape)}, not a [B, C, F, T] "
+            "feature map; use a convolutional backbone (EfficientNet, ConvNeXt, ResNet, ...)."
+        )

@@ -1,0 +1,51 @@
+"""The SED model: feature front end + timm backbone + SED head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from birdsed.config import Config
+from birdsed.features import LogMelDeltas
+from birdsed.models.backbone import create_backbone
+from birdsed.models.heads import create_head
+
+
+class SEDModel(nn.Module):
+    """Waveforms `[B, T]` -> `{"clipwise_logits": [B, K], "framewise_logits": [B, T', K], ...}`.
+
+    `forward_spectrogram` is the entry after the front end, so that the training step can mask
+    the spectrogram between the two without putting augmentation in `forward`.
+    """
+
+    def __init__(self, frontend: nn.Module, backbone: nn.Module, head: nn.Module, freeze_backbone: bool) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.backbone = backbone
+        self.head = head
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SEDModel:
+        super().train(mode)
+        if self.freeze_backbone:
+            # A frozen backbone also keeps its batch-norm statistics.
+            self.backbone.eval()
+        return self
+
+    def forward_spectrogram(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.backbone.forward_features(spectrogram))
+
+    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_spectrogram(self.frontend(waveform))
+
+
+def create_model(cfg: Config, num_classes: int, weights: Path | None = None) -> SEDModel:
+    """Build the model named by the config; `weights` initialises the backbone."""
+    backbone = create_backbone(cfg.model, weights)
+    head = create_head(cfg.model, backbone.num_features, num_classes)
+    frontend = LogMelDeltas(cfg.data.sample_rate, cfg.features)
+    return SEDModel(frontend, backbone, head, cfg.model.freeze_backbone)

@@ -1,0 +1,134 @@
+"""The SageMaker training contract: where inputs, outputs and hyperparameters are.
+
+Mirrors the sagemaker-training toolkit (`environment.py`): `/opt/ml` is the base, moved by
+`SAGEMAKER_BASE_DIR`; `SM_*` variables, when the toolkit set them, take precedence. Nothing is
+read at import time: `from_environ` builds the object from the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from birdsed.errors import ConfigError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+FAILURE_FILE = "failure"
+# SageMaker shows the first 1,024 characters of the failure file in the console.
+FAILURE_SHOWN_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class SageMakerEnv:
+    """Paths and settings of one training process."""
+
+    base_dir: Path
+    channels: dict[str, Path]
+    model_dir: Path
+    output_dir: Path
+    output_data_dir: Path
+    checkpoint_dir: Path
+    hyperparameters: dict[str, object] = field(default_factory=dict)
+    hosts: tuple[str, ...] = ("localhost",)
+    current_host: str = "localhost"
+    num_gpus: int = 0
+
+    def channel(self, name: str) -> Path | None:
+        """The directory of an input channel, or None when the job has no such channel."""
+        return self.channels.get(name)
+
+
+def output_dir_from(environ: Mapping[str, str]) -> Path:
+    """Where the failure file goes; cannot fail, so a bad environment can still be reported."""
+    base_dir = Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
+    return Path(environ.get("SM_OUTPUT_DIR", base_dir / "output"))
+
+
+def from_environ(environ: Mapping[str, str], argv: Sequence[str] = ()) -> SageMakerEnv:
+    """Build the environment from `SM_*` variables (when present) and the `/opt/ml` layout.
+
+    `argv` holds `--key value` pairs as the toolkit passes hyperparameters; they override `SM_HPS`
+    so that `python code/train.py --epochs 3` works with or without the toolkit.
+    """
+    base_dir = Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
+    output_dir = output_dir_from(environ)
+    hyperparameters = _hyperparameters_from_env(environ)
+    hyperparameters.update(parse_cli_hyperparameters(argv))
+    hosts = tuple(json.loads(environ["SM_HOSTS"])) if "SM_HOSTS" in environ else ("localhost",)
+    return SageMakerEnv(
+        base_dir=base_dir,
+        channels=_channels(environ, base_dir),
+        model_dir=Path(environ.get("SM_MODEL_DIR", base_dir / "model")),
+        output_dir=output_dir,
+        output_data_dir=Path(environ.get("SM_OUTPUT_DATA_DIR", output_dir / "data")),
+        checkpoint_dir=base_dir / "checkpoints",
+        hyperparameters=hyperparameters,
+        hosts=hosts,
+        current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
+        num_gpus=int(environ.get("SM_NUM_GPUS", "0") or 0),
+    )
+
+
+def _channels(environ: Mapping[str, str], base_dir: Path) -> dict[str, Path]:
+    """Channels named by `SM_CHANNEL_<NAME>`, else the folders under `input/data`."""
+    channels = {
+        key[len("SM_CHANNEL_") :].lower(): Path(value)
+        for key, value in environ.items()
+        if key.startswith("SM_CHANNEL_")
+    }
+    if channels:
+        return channels
+    data_dir = base_dir / "input" / "data"
+    if not data_dir.is_dir():
+        return {}
+    return {child.name: child for child in sorted(data_dir.iterdir()) if child.is_dir()}
+
+
+def _hyperparameters_from_env(environ: Mapping[str, str]) -> dict[str, object]:
+    raw = environ.get("SM_HPS")
+    if not raw:
+        return {}
+    try:
+        decoded = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"SM_HPS is not valid JSON ({error}); it should be set by SageMaker.") from None
+    return {key: value for key, value in decoded.items() if not key.startswith("sagemaker_")}
+
+
+def parse_cli_hyperparameters(argv: Sequence[str]) -> dict[str, str]:
+    """Parse `--key value` and `--key=value` pairs, as the toolkit writes hyperparameters."""
+    parsed: dict[str, str] = {}
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if not item.startswith("--") or len(item) == 2:
+            raise ConfigError(f"Unexpected command-line argument '{item}': pass hyperparameters as --name value.")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            if index + 1 >= len(items):
+                raise ConfigError(f"Hyperparameter '--{key}' has no value: pass it as --{key} VALUE.")
+            index += 1
+            value = items[index]
+        parsed[key.replace("-", "_")] = value
+        index += 1
+    return {key: value for key, value in parsed.items() if not key.startswith("sagemaker_")}
+
+
+def write_failure(output_dir: Path, reason: str) -> None:
+    """Write the failure reason SageMaker shows for the job, keeping an earlier one.
+
+    The toolkit writes `output/failure` only when it does not exist yet; we follow the same rule
+    so that the first, most specific reason wins.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    failure_file = output_dir / FAILURE_FILE
+    if failure_file.exists():
+        return
+    temporary = output_dir / (FAILURE_FILE + ".tmp")
+    temporary.write_text(reason.strip() + "\n", encoding="utf-8")
+    os.replace(temporary, failure_file)

@@ -1,0 +1,1 @@
+"""The training loop, mixed precision, checkpoints and the job runner."""

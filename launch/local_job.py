@@ -1,0 +1,107 @@
+"""Run the training container's contract on this machine, without Docker.
+
+Lays out a folder exactly as SageMaker lays out `/opt/ml` (config JSON files, channels, code) and
+runs the real sagemaker-training toolkit's `train` command on it with `SAGEMAKER_BASE_DIR`. The
+demo and the end-to-end tests use it; it is also handy to try a dataset before paying for a job.
+
+    python launch/local_job.py --base /tmp/job --train DATA_DIR [--hp epochs=3 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CODE_DIR = REPO_ROOT / "code"
+
+
+def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[str, object]) -> Path:
+    """Create `base` as an `/opt/ml` tree: config files, channel links, the code; returns `base`."""
+    config_dir = base / "input" / "config"
+    data_dir = base / "input" / "data"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # SageMaker delivers every hyperparameter value as a string.
+    _write_json(config_dir / "hyperparameters.json", {key: str(value) for key, value in hyperparameters.items()})
+    _write_json(
+        config_dir / "resourceconfig.json",
+        {
+            "current_host": "localhost",
+            "hosts": ["localhost"],
+            "network_interface_name": "lo",
+        },
+    )
+    _write_json(
+        config_dir / "inputdataconfig.json",
+        {
+            name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+            for name in channels
+        },
+    )
+    for name, source in channels.items():
+        _link(Path(source).resolve(), data_dir / name)
+    _link(CODE_DIR, base / "code")
+    return base
+
+
+def _write_json(path: Path, payload: object) -> None:
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def _link(source: Path, target: Path) -> None:
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.symlink_to(source, target_is_directory=True)
+
+
+def toolkit_train_command() -> list[str]:
+    """The toolkit's `train` console script of the running Python environment."""
+    script = Path(sys.executable).parent / "train"
+    if not script.exists():
+        raise SystemExit(
+            f"error: the sagemaker-training toolkit's 'train' command is not installed beside {sys.executable}"
+        )
+    return [str(script)]
+
+
+def run_toolkit(base: Path, extra_env: Mapping[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the toolkit's `train` on `base`, as the container's entrypoint would on `/opt/ml`."""
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_PROGRAM": "train.py", **(extra_env or {})}
+    env.pop("SM_HPS", None)
+    return subprocess.run(toolkit_train_command(), env=env, check=False, **kwargs)
+
+
+def _parse_hp(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --hp expects key=value, got '{item}'")
+        pairs[key] = value
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="folder to use as /opt/ml")
+    parser.add_argument("--train", type=Path, required=True, help="dataset folder (train channel)")
+    parser.add_argument("--validation", type=Path, help="validation channel folder")
+    parser.add_argument("--pretrained", type=Path, help="folder with backbone weights")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter")
+    args = parser.parse_args(argv)
+    channels = {name: getattr(args, name) for name in ("train", "validation", "pretrained") if getattr(args, name)}
+    layout(args.base, channels, _parse_hp(args.hp))
+    return run_toolkit(args.base).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

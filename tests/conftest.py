@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic datasets, the real recordings when present, /opt/ml trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from birdsed.data.synthetic import make_dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
+
+# Small enough to train in seconds on a CPU, with real structure (tiny timm EfficientNet).
+FAST_HYPERPARAMETERS = {
+    "backbone": "test_efficientnet",
+    "sample_rate": 16000,
+    "fmax": 8000,
+    "n_mels": 48,
+    "n_fft": 1024,
+    "hop_length": 256,
+    "duration": 3,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """6 species x 10 recordings, mixed formats and sample rates."""
+    return make_dataset(
+        tmp_path_factory.mktemp("synthetic"), species=6, recordings_per_species=10, seconds=(3.0, 8.0), seed=11
+    )
+
+
+@pytest.fixture(scope="session")
+def real_birds() -> Path:
+    if not (REAL_BIRDS / "train_metadata.csv").is_file():
+        pytest.skip(f"{REAL_BIRDS} is not present")
+    return REAL_BIRDS
