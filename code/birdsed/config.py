@@ -64,6 +64,7 @@ class OptimConfig:
     min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0))
     max_grad_norm: float = field(default=5.0, metadata=_range(0.0))
     max_steps: int = field(default=0, metadata=_range(0))
+    nonfinite_patience: int = field(default=10, metadata=_range(1, 100000))
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import traceback
 from collections.abc import Mapping, Sequence
 
 from birdsed import config, logs, sm_env
-from birdsed.errors import UserError
+from birdsed.errors import TrainingStopped, UserError
 from birdsed.training.run import run
 
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 
 def main(environ: Mapping[str, str], argv: Sequence[str]) -> int:
@@ -29,6 +30,10 @@ def main(environ: Mapping[str, str], argv: Sequence[str]) -> int:
         cfg = config.from_hyperparameters(env.hyperparameters)
         logger.info("hyperparameters: %s", cfg.hyperparameters())
         run(cfg, env)
+    except TrainingStopped as stopped:
+        logger.warning("%s", stopped)
+        sm_env.write_failure(output_dir, str(stopped))
+        return EXIT_STOPPED
     except UserError as error:
         logger.error("%s", error)
         sm_env.write_failure(output_dir, str(error))

@@ -110,6 +110,7 @@ def train_loader(data: TrainingData, cfg: Config, sampler: WeightedEpochSampler,
         drop_last=False,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        generator=_loader_generator(cfg),
     )
 
 
@@ -121,7 +122,14 @@ def validation_loader(data: TrainingData, cfg: Config, pin_memory: bool) -> Data
         shuffle=False,
         num_workers=workers,
         pin_memory=pin_memory,
+        generator=_loader_generator(cfg),
     )
+
+
+def _loader_generator(cfg: Config) -> torch.Generator:
+    # Worker seeds come from this generator, not the global RNG, so starting a DataLoader
+    # iterator (every epoch, and once more on a mid-epoch resume) does not shift dropout's RNG.
+    return torch.Generator().manual_seed(cfg.run.seed)
 
 
 def make_sampler(data: TrainingData, cfg: Config) -> WeightedEpochSampler:

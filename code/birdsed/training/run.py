@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
+import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
+from torch.utils.data import DataLoader
 
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
-from birdsed.errors import DataError
+from birdsed.data.sampler import WeightedEpochSampler
+from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
 from birdsed.models import create_model
 from birdsed.models.backbone import resolve_weights
@@ -23,6 +29,7 @@ from birdsed.training import outputs
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.loop import Progress, Trainer, evaluate, train_one_epoch
+from birdsed.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
 metrics_logger = logging.getLogger("birdsed.metrics")
@@ -30,37 +37,100 @@ metrics_logger = logging.getLogger("birdsed.metrics")
 BEST_WEIGHTS_FILE = "best_model.pt"
 
 
+@dataclass
+class Job:
+    """Everything one training run works with, built once."""
+
+    cfg: Config
+    env: SageMakerEnv
+    data: loaders.TrainingData
+    trainer: Trainer
+    sampler: WeightedEpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    truth: np.ndarray
+
+
 def run(cfg: Config, env: SageMakerEnv) -> dict:
     """Train as configured; returns the best epoch's record."""
+    job = build_job(cfg, env)
+    progress = resume(job.trainer, env.checkpoint_dir, job.data.labels, cfg)
+    with StopRequest() as stop:
+        train_epochs(job, progress, stop)
+    return finish(job.trainer, progress, env, cfg, job.data.labels)
+
+
+def build_job(cfg: Config, env: SageMakerEnv) -> Job:
     seed_everything(cfg.run.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
     model = create_model(cfg, len(data.labels), weights).to(device)
-    steps_per_epoch = optimizer_steps_per_epoch(len(data.train), cfg)
-    trainer = build_trainer(cfg, model, data, device, steps_per_epoch)
-    progress = resume(trainer, env.checkpoint_dir, data.labels, cfg)
+    trainer = build_trainer(cfg, model, data, device)
     logger.info(
-        "world_size=1 device=%s amp=%s parameters=%d steps_per_epoch=%d",
+        "world_size=1 device=%s amp=%s parameters=%d batches_per_epoch=%d",
         device,
         trainer.precision.dtype,
         sum(p.numel() for p in model.parameters()),
-        steps_per_epoch,
+        trainer.batches_per_epoch,
     )
     sampler = loaders.make_sampler(data, cfg)
-    train_loader = loaders.train_loader(data, cfg, sampler, pin_memory=device.type == "cuda")
-    val_loader = loaders.validation_loader(data, cfg, pin_memory=device.type == "cuda")
-    truth = primary_truth(data.validation, data.labels)
+    pin_memory = device.type == "cuda"
+    return Job(
+        cfg=cfg,
+        env=env,
+        data=data,
+        trainer=trainer,
+        sampler=sampler,
+        train_loader=loaders.train_loader(data, cfg, sampler, pin_memory),
+        val_loader=loaders.validation_loader(data, cfg, pin_memory),
+        truth=primary_truth(data.validation, data.labels),
+    )
+
+
+def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
+    """The epoch loop; on a stop request it checkpoints where it is and raises `TrainingStopped`."""
+    trainer, cfg = job.trainer, job.cfg
     for epoch in range(progress.epoch, cfg.optim.epochs):
         if trainer.limit_reached(progress):
             break
-        sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(trainer, train_loader, progress)
-        result = evaluate(trainer, val_loader, truth)
-        record = epoch_record(epoch, train_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        if epoch != progress.epoch:
+            progress.start_epoch(epoch)
+        job.sampler.set_epoch(epoch, start=min(progress.batches_done * cfg.optim.batch_size, len(job.data.train)))
+        train_one_epoch(trainer, job.train_loader, progress, stop)
+        result = None if stop.requested else evaluate(trainer, job.val_loader, job.truth, stop)
+        if result is None:
+            stop_here(job, progress, stop)
+        record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
         metrics_logger.info(format_metrics(record))
-        end_of_epoch(trainer, progress, record, env.checkpoint_dir, cfg, data.labels)
-    return finish(trainer, progress, env, cfg, data.labels)
+        end_of_epoch(trainer, progress, record, job.env.checkpoint_dir, cfg, job.data.labels)
+        log_memory(epoch)
+
+
+def stop_here(job: Job, progress: Progress, stop: StopRequest) -> None:
+    path = save_checkpoint(
+        job.env.checkpoint_dir,
+        checkpoint_state(job.trainer, progress, job.cfg, job.data.labels),
+        progress.step,
+        job.cfg.run.checkpoint_keep,
+    )
+    raise TrainingStopped(
+        f"Training was stopped by {stop.signal_name} during epoch {progress.epoch + 1} at step {progress.step}; "
+        f"its state was saved to {path.name} and a restarted job resumes from there. No model was written."
+    )
+
+
+def log_memory(epoch: int) -> None:
+    """Resident memory of this process and its DataLoader workers, to show it stays flat."""
+    process = psutil.Process()
+    workers = sum(child.memory_info().rss for child in process.children(recursive=True))
+    logger.info(
+        "memory epoch=%d rss_mb=%.0f workers_rss_mb=%.0f peak_rss_mb=%.0f",
+        epoch + 1,
+        process.memory_info().rss / 2**20,
+        workers / 2**20,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -69,16 +139,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_steps_per_epoch(train_items: int, cfg: Config) -> int:
-    batches = math.ceil(train_items / cfg.optim.batch_size)
-    return math.ceil(batches / cfg.optim.grad_accum_steps)
+def optimizer_steps_per_epoch(batches: int, grad_accum_steps: int) -> int:
+    return math.ceil(batches / grad_accum_steps)
 
 
-def build_trainer(
-    cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, device: torch.device, steps_per_epoch: int
-) -> Trainer:
+def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, device: torch.device) -> Trainer:
     precision = mixed_precision(cfg.run.amp, device)
     optimizer = create_optimizer(model, cfg.optim)
+    batches = math.ceil(len(data.train) / cfg.optim.batch_size)
+    steps_per_epoch = optimizer_steps_per_epoch(batches, cfg.optim.grad_accum_steps)
     return Trainer(
         model=model,
         loss_fn=create_loss(cfg.loss, loaders.class_weight_tensor(data)).to(device),
@@ -87,9 +156,11 @@ def build_trainer(
         scaler=precision.grad_scaler(),
         precision=precision,
         device=device,
+        batches_per_epoch=batches,
         grad_accum_steps=cfg.optim.grad_accum_steps,
         max_grad_norm=cfg.optim.max_grad_norm,
         max_steps=cfg.optim.max_steps,
+        nonfinite_patience=cfg.optim.nonfinite_patience,
     )
 
 
@@ -126,7 +197,7 @@ def end_of_epoch(
 ) -> None:
     """Record the epoch, keep the best weights, write a checkpoint."""
     progress.history.append(record)
-    progress.epoch = record["epoch"]
+    progress.start_epoch(record["epoch"])
     score = record["val_cmap"]
     # Without validation data there is no "best": the latest weights are kept.
     if math.isnan(score) or score > progress.best_score:
@@ -143,10 +214,7 @@ def checkpoint_state(trainer: Trainer, progress: Progress, cfg: Config, labels: 
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "best_score": progress.best_score,
-        "history": progress.history,
+        "progress": dataclasses.asdict(progress),
         "labels": labels,
         "config": cfg.to_dict(),
         "rng": rng_state(),
@@ -194,10 +262,9 @@ def resume(trainer: Trainer, checkpoint_dir: Path, labels: list[str], cfg: Confi
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"])
-    logger.info("Resumed at epoch=%d step=%d", state["epoch"], state["step"])
-    return Progress(
-        epoch=state["epoch"], step=state["step"], best_score=state["best_score"], history=list(state["history"])
-    )
+    progress = Progress(**state["progress"])
+    logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
+    return progress
 
 
 def finish(trainer: Trainer, progress: Progress, env: SageMakerEnv, cfg: Config, labels: list[str]) -> dict:
