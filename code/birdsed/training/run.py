@@ -22,7 +22,7 @@ from birdsed.data.sampler import WeightedEpochSampler
 from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
 from birdsed.models import create_model
-from birdsed.models.backbone import resolve_weights
+from birdsed.models.backbone import check_backbone_name, resolve_weights
 from birdsed.optim import create_optimizer, create_scheduler
 from birdsed.sm_env import SageMakerEnv
 from birdsed.training import outputs
@@ -63,8 +63,10 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
 def build_job(cfg: Config, env: SageMakerEnv) -> Job:
     seed_everything(cfg.run.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
+    # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
+    check_backbone_name(cfg.model.backbone)
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
+    data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
     model = create_model(cfg, len(data.labels), weights).to(device)
     trainer = build_trainer(cfg, model, data, device)
     logger.info(
