@@ -27,10 +27,11 @@ from birdsed.training import checkpoint, loop
 def kill_after_step(limit: int) -> None:
     finish_step = loop.finish_step
 
-    def finish_then_die(trainer, progress, losses):
-        finish_step(trainer, progress, losses)
+    def finish_then_die(trainer, progress, losses, stop):
+        stopping = finish_step(trainer, progress, losses, stop)
         if progress.step >= limit:
             os.kill(os.getpid(), signal.SIGKILL)
+        return stopping
 
     loop.finish_step = finish_then_die
 
@@ -59,10 +60,10 @@ def nan_loss_from_step(first: int) -> None:
     forward_backward = loop.forward_backward
     steps = 0
 
-    def poisoned(trainer, batch):
+    def poisoned(trainer, batch, sync_gradients=True):
         nonlocal steps
         steps += 1
-        loss = forward_backward(trainer, batch)
+        loss = forward_backward(trainer, batch, sync_gradients)
         return loss * math.nan if steps >= first else loss
 
     loop.forward_backward = poisoned

@@ -5,7 +5,9 @@ import torch
 
 from birdsed.errors import DivergenceError
 from birdsed.training.amp import mixed_precision
+from birdsed.training.distributed import Distributed
 from birdsed.training.loop import Progress, Trainer, finish_step
+from birdsed.training.signals import NeverStop
 
 
 def tiny_trainer(patience=3):
@@ -25,6 +27,7 @@ def tiny_trainer(patience=3):
         max_grad_norm=1.0,
         max_steps=0,
         nonfinite_patience=patience,
+        distributed=Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),
     )
 
 
@@ -38,7 +41,7 @@ def backward(trainer, value):
 def test_a_finite_step_updates_and_counts_the_loss():
     trainer, progress = tiny_trainer(), Progress()
     before = trainer.model.weight.clone()
-    finish_step(trainer, progress, [backward(trainer, 2.0)])
+    finish_step(trainer, progress, [backward(trainer, 2.0)], NeverStop())
     assert not torch.equal(before, trainer.model.weight)
     assert progress.step == 1 and progress.epoch_loss == 2.0 and progress.nonfinite_steps == 0
 
@@ -46,16 +49,16 @@ def test_a_finite_step_updates_and_counts_the_loss():
 def test_a_non_finite_step_is_skipped_counted_and_the_streak_resets_on_recovery():
     trainer, progress = tiny_trainer(), Progress()
     before = trainer.model.weight.clone()
-    finish_step(trainer, progress, [backward(trainer, math.nan)])
+    finish_step(trainer, progress, [backward(trainer, math.nan)], NeverStop())
     assert torch.equal(before, trainer.model.weight)
     assert all(p.grad is None for p in trainer.model.parameters())
     assert progress.step == 1 and progress.nonfinite_steps == 1 and math.isnan(progress.epoch_loss)
-    finish_step(trainer, progress, [backward(trainer, 1.0)])
+    finish_step(trainer, progress, [backward(trainer, 1.0)], NeverStop())
     assert progress.consecutive_nonfinite == 0 and progress.nonfinite_steps == 1 and progress.epoch_loss == 1.0
 
 
 def test_persistent_non_finite_steps_raise_with_a_reason():
     trainer, progress = tiny_trainer(patience=2), Progress()
-    finish_step(trainer, progress, [backward(trainer, math.inf)])
+    finish_step(trainer, progress, [backward(trainer, math.inf)], NeverStop())
     with pytest.raises(DivergenceError, match="2 consecutive optimizer steps"):
-        finish_step(trainer, progress, [backward(trainer, math.nan)])
+        finish_step(trainer, progress, [backward(trainer, math.nan)], NeverStop())

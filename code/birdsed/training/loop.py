@@ -7,6 +7,7 @@ skips them on resume.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from birdsed.data.sampler import ShardSampler
 from birdsed.errors import DivergenceError
 from birdsed.metrics import macro_roc_auc, padded_cmap
 from birdsed.training.amp import MixedPrecision
+from birdsed.training.distributed import Distributed, assemble_rows
 from birdsed.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Trainer:
     max_grad_norm: float  # 0 = no clipping
     max_steps: int  # 0 = no limit
     nonfinite_patience: int
+    distributed: Distributed
 
     def limit_reached(self, progress: Progress) -> bool:
         return bool(self.max_steps) and progress.step >= self.max_steps
@@ -69,52 +73,74 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, stop: StopRequest) -> None:
-    """Train over the rest of the epoch; returns early, at a step boundary, on a stop request or max_steps."""
+def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, stop: StopRequest) -> bool:
+    """Train over the rest of the epoch; returns True when it stopped early on a stop request.
+
+    Returns early, at an optimizer-step boundary, on a stop request (agreed by all processes) or
+    at `max_steps`.
+    """
     trainer.model.train()
     step_losses: list[torch.Tensor] = []
     for batch in loader:
-        step_losses.append(forward_backward(trainer, to_device(batch, trainer.device)))
         progress.batches_done += 1
         at_boundary = progress.batches_done % trainer.grad_accum_steps == 0
-        if at_boundary or progress.batches_done == trainer.batches_per_epoch:
-            finish_step(trainer, progress, step_losses)
+        at_boundary = at_boundary or progress.batches_done == trainer.batches_per_epoch
+        step_losses.append(forward_backward(trainer, to_device(batch, trainer.device), sync_gradients=at_boundary))
+        if at_boundary:
+            if finish_step(trainer, progress, step_losses, stop):
+                return True
             step_losses = []
-            if stop.requested or trainer.limit_reached(progress):
-                return
+            if trainer.limit_reached(progress):
+                return False
+    return False
 
 
-def forward_backward(trainer: Trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One micro-batch: forward under autocast, backward of the accumulation-scaled loss."""
-    with trainer.precision.autocast():
-        outputs = trainer.model(batch["waveform"])
-    loss = trainer.loss_fn(outputs, batch["target"], batch["weight"])
-    trainer.scaler.scale(loss / trainer.grad_accum_steps).backward()
+def forward_backward(trainer: Trainer, batch: dict[str, torch.Tensor], sync_gradients: bool = True) -> torch.Tensor:
+    """One micro-batch: forward under autocast, backward of the accumulation-scaled loss.
+
+    Under DDP, gradients are all-reduced only on the micro-batch that ends an optimizer step.
+    """
+    no_sync = getattr(trainer.model, "no_sync", None)
+    with contextlib.nullcontext() if sync_gradients or no_sync is None else no_sync():
+        with trainer.precision.autocast():
+            outputs = trainer.model(batch["waveform"])
+        loss = trainer.loss_fn(outputs, batch["target"], batch["weight"])
+        trainer.scaler.scale(loss / trainer.grad_accum_steps).backward()
     return loss.detach()
 
 
-def finish_step(trainer: Trainer, progress: Progress, losses: list[torch.Tensor]) -> None:
-    """Step the optimizer, or skip the step when the loss or the gradients are not finite.
+def finish_step(trainer: Trainer, progress: Progress, losses: list[torch.Tensor], stop: StopRequest) -> bool:
+    """Step the optimizer, or skip the step when a loss or the gradients are not finite; True: stop now.
 
-    This is the loop's one host-device sync per optimizer step. With fp16 an overflow in the
-    gradients is the GradScaler's business (it skips and lowers the scale); a non-finite loss is not.
+    This is the loop's one host-device sync per optimizer step; with several processes one
+    all-reduce here makes them agree on skipping and stopping and sums the epoch's loss. With fp16
+    an overflow in the gradients is the GradScaler's business (it skips and lowers the scale); a
+    non-finite loss is not.
     """
     trainer.scaler.unscale_(trainer.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.max_grad_norm or math.inf)
-    *loss_values, norm_value = torch.stack([*losses, norm.to(losses[0].dtype)]).float().tolist()
-    finite = all(math.isfinite(value) for value in loss_values)
-    finite = finite and (math.isfinite(norm_value) or trainer.scaler.is_enabled())
-    if finite:
-        trainer.scaler.step(trainer.optimizer)
-        progress.epoch_loss_sum += sum(loss_values)
-        progress.epoch_loss_batches += len(loss_values)
-        progress.consecutive_nonfinite = 0
+    local = torch.stack(losses).float()
+    finite = torch.isfinite(local).all()
+    bad = ~finite if trainer.scaler.is_enabled() else ~finite | ~torch.isfinite(norm)
+    summary = torch.stack([
+        bad.float(),
+        torch.tensor(float(stop.requested), device=local.device),
+        torch.where(finite, local.sum(), 0.0),
+        torch.tensor(float(len(losses)), device=local.device),
+    ])  # fmt: skip
+    any_bad, any_stop, loss_sum, batches, *local_values = torch.cat([trainer.distributed.sum(summary), local]).tolist()
+    if any_bad:
+        skip_nonfinite_step(trainer, progress, local_values, norm.item())
     else:
-        skip_nonfinite_step(trainer, progress, loss_values, norm_value)
+        trainer.scaler.step(trainer.optimizer)
+        progress.epoch_loss_sum += loss_sum
+        progress.epoch_loss_batches += int(batches)
+        progress.consecutive_nonfinite = 0
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.scheduler.step()
     progress.step += 1
+    return any_stop > 0
 
 
 def skip_nonfinite_step(trainer: Trainer, progress: Progress, losses: list[float], norm: float) -> None:
@@ -138,24 +164,35 @@ def skip_nonfinite_step(trainer: Trainer, progress: Progress, losses: list[float
 
 @torch.no_grad()
 def evaluate(trainer: Trainer, loader: DataLoader, truth: np.ndarray, stop: StopRequest) -> dict | None:
-    """Validation loss, padded cmAP and macro ROC-AUC over fixed crops; None if a stop was requested."""
-    if len(loader.dataset) == 0:
+    """Validation loss, padded cmAP and macro ROC-AUC over fixed crops; None if a stop was requested.
+
+    Each process scores its share (`ShardSampler`); scores are gathered so the metrics cover the
+    whole validation set on every process.
+    """
+    if len(truth) == 0:
         return {"val_loss": math.nan, "val_cmap": math.nan, "val_auc": math.nan, "scores": np.zeros((0, 0))}
     trainer.model.eval()
-    total, count, scores = 0.0, 0, []
+    sampler: ShardSampler = loader.sampler
+    loss_sum, count, scores = 0.0, 0, []
     for batch in loader:
-        if stop.requested:
+        if trainer.distributed.any(stop.requested):
             return None
         batch = to_device(batch, trainer.device)
+        size = len(batch["waveform"])
+        real = (torch.arange(size, device=trainer.device) + count) < sampler.real  # False: padding
         with trainer.precision.autocast():
             outputs = trainer.model(batch["waveform"])
-        loss = trainer.loss_fn(outputs, batch["target"], torch.ones_like(batch["weight"]))
-        total += loss.item() * len(batch["waveform"])
-        count += len(batch["waveform"])
+        if real.any():
+            loss = trainer.loss_fn(outputs, batch["target"], real.float())
+            loss_sum += loss.item() * real.sum().item()
+        count += size
         scores.append(torch.sigmoid(outputs["clipwise_logits"].float()).cpu())
-    probabilities = torch.cat(scores).numpy()
+    local = (sampler.indices[: sampler.real], torch.cat(scores).numpy()[: sampler.real])
+    probabilities = assemble_rows(trainer.distributed.gather(local), len(truth))
+    totals = torch.tensor([loss_sum, float(sampler.real)], dtype=torch.float64, device=trainer.device)
+    loss_sum, real_count = trainer.distributed.sum(totals).tolist()
     return {
-        "val_loss": total / count,
+        "val_loss": loss_sum / real_count,
         "val_cmap": padded_cmap(truth, probabilities),
         "val_auc": macro_roc_auc(truth, probabilities),
         "scores": probabilities,
