@@ -21,6 +21,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIR = REPO_ROOT / "code"
 
+# A job small enough to train in seconds on a CPU, with real structure (a tiny timm EfficientNet at
+# 16 kHz): the tests, the memory profile and the image smoke test use it.
+TINY_HYPERPARAMETERS = {
+    "backbone": "test_efficientnet",
+    "sample_rate": 16000,
+    "fmax": 8000,
+    "n_mels": 48,
+    "n_fft": 1024,
+    "hop_length": 256,
+    "duration": 3,
+    "batch_size": 16,
+    "lr": 3e-3,
+}
+
 
 def layout(
     base: Path,

@@ -37,18 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(data, species=6, recordings_per_species=10, seconds=(3.0, 8.0), seed=3)
     base = args.workdir / "opt_ml"
     shutil.rmtree(base, ignore_errors=True)
-    hyperparameters = {
-        "backbone": "test_efficientnet",
-        "sample_rate": 16000,
-        "fmax": 8000,
-        "n_mels": 48,
-        "n_fft": 1024,
-        "hop_length": 256,
-        "duration": 3,
-        "batch_size": 16,
-        "num_workers": 2,
-        "epochs": args.epochs,
-    }
+    hyperparameters = {**local_job.TINY_HYPERPARAMETERS, "num_workers": 2, "epochs": args.epochs}
     local_job.layout(base, {"train": data}, hyperparameters)
     completed = local_job.run_toolkit(base, capture_output=True, text=True)
     rows = [tuple(map(int, match.groups())) for match in MEMORY_LINE.finditer(completed.stdout)]
