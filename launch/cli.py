@@ -15,9 +15,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from checks import LaunchError
 
-# Loggers of the libraries underneath: their INFO lines are noise unless --verbose ("sagemaker.config" is
-# named because the SDK sets it to INFO at import when it finds it unset).
-QUIET_LOGGERS = ("sagemaker", "sagemaker.config", "botocore", "boto3", "s3transfer", "urllib3", "rich")
+# Loggers of the libraries underneath, quiet unless --verbose: the launcher reports what matters itself
+# (errors included), and the SDK's own warnings mislead here (e.g. "No region provided" when one is).
+# "sagemaker.config" is named because the SDK sets it to INFO at import when it finds it unset.
+QUIET_LOGGERS = {
+    "sagemaker": logging.ERROR,
+    "sagemaker.config": logging.ERROR,
+    "botocore": logging.WARNING,
+    "boto3": logging.WARNING,
+    "s3transfer": logging.WARNING,
+    "urllib3": logging.WARNING,
+}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -41,13 +49,16 @@ def configure_logging(verbose: bool) -> None:
         handler.setFormatter(_LevelPrefixFormatter("%(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else level)
+
+
+def first_lines(text: str, count: int) -> list[str]:
+    return [line.strip() for line in str(text).splitlines() if line.strip()][:count]
 
 
 def first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else ""
+    return " ".join(first_lines(text, 1))
 
 
 def fail(message: str) -> None:
