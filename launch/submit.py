@@ -35,6 +35,7 @@ import local_mode
 from job_options import ROLE_ENV, JobOptions
 
 if TYPE_CHECKING:
+    from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.resources import TrainingJob
     from sagemaker.train import ModelTrainer
 
@@ -141,6 +142,8 @@ def check_offline(options: JobOptions) -> None:
     if options.max_wait is not None and options.max_wait < options.max_run:
         raise checks.UsageError(f"--max-wait ({options.max_wait} s) must be at least --max-run ({options.max_run} s)")
     if options.local:
+        if options.dry_run:
+            raise checks.UsageError("--dry-run shows a SageMaker CreateTrainingJob request; --local creates none")
         return
     checks.check_instance_type(options.instance)
     if not options.role:
@@ -283,15 +286,7 @@ def run_local(options: JobOptions, make_session: Callable[[], boto3.Session]) ->
     instance_type = "local_gpu" if local_mode.gpu_available() else "local"
     logger.info("Local mode: %s as %s; results in %s", image_uri, instance_type, output_dir)
 
-    from sagemaker.core.helper.session_helper import Session
-
-    session = None
-    # AWS is needed only to download S3 channels or pull an ECR image.
-    if checks.ECR_IMAGE.fullmatch(image_uri) or any(uri.startswith("s3://") for uri in options.channels().values()):
-        boto_session = make_session()
-        checks.check_region(boto_session)
-        checks.check_credentials(boto_session)
-        session = Session(boto_session=boto_session)
+    session = local_aws_session(options, image_uri, make_session)
     root = local_mode.make_container_root(output_dir)
     trainer = load_job_spec().local_trainer(options, image_uri, instance_type, root, session)
     try:
@@ -301,6 +296,20 @@ def run_local(options: JobOptions, make_session: Callable[[], boto3.Session]) ->
         raise checks.LaunchError(f"local training failed: {reason} (files kept in {root})") from None
     print(local_mode.collect_artifacts(root, output_dir))
     return 0
+
+
+def local_aws_session(options: JobOptions, image_uri: str, make_session: Callable[[], boto3.Session]) -> Session | None:
+    """A SageMaker SDK session when local mode needs AWS: to download S3 channels or pull an ECR image."""
+    if not checks.ECR_IMAGE.fullmatch(image_uri) and not any(
+        uri.startswith("s3://") for uri in options.channels().values()
+    ):
+        return None
+    from sagemaker.core.helper.session_helper import Session
+
+    boto_session = make_session()
+    checks.check_region(boto_session)
+    checks.check_credentials(boto_session)
+    return Session(boto_session=boto_session)
 
 
 def main(argv: Sequence[str] | None = None, session: boto3.Session | None = None) -> int:

@@ -135,6 +135,7 @@ def test_no_gpu_without_nvidia_smi(docker):
         ("docker", ["--train", "/no/such/dataset"], "--train /no/such/dataset: no such folder"),
         ("docker", ["--output-path", "s3://bucket/out"], "--output-path 's3://bucket/out' must be a local folder"),
         ("docker", ["--hp", "epoch=1"], "Unknown hyperparameter 'epoch'"),
+        ("docker", ["--dry-run"], "--dry-run shows a SageMaker CreateTrainingJob request; --local creates none"),
     ],
 )
 def test_local_errors_are_one_line(request, tmp_path, synthetic_dataset, capsys, monkeypatch, setup, argv, message):
