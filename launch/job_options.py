@@ -8,6 +8,7 @@ goes through the same converter, so both fail with the same message. Nothing her
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import json
 import re
@@ -198,7 +199,9 @@ def _normalise_keys(data: Mapping[str, object], source: str) -> dict[str, object
         name = str(key).lstrip("-").replace("-", "_")
         name = {"hp": "hyperparameters", "instance_type": "instance"}.get(name, name)
         if name not in CONVERTERS:
-            raise UsageError(f"{source}: unknown option '{key}' (known: {', '.join(sorted(CONVERTERS))})")
+            close = difflib.get_close_matches(name, CONVERTERS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(CONVERTERS))}"
+            raise UsageError(f"{source}: unknown option '{key}' ({hint})")
         if value is not None:
             values[name] = value
     return values

@@ -194,6 +194,15 @@ def test_config_file_values_are_overridden_by_flags(account, run, tmp_path):
     }
 
 
+def test_config_file_mistakes_are_one_line(account, run, tmp_path):
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"instance_typ": "ml.g5.xlarge"}')
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    for config, message in ((typo, "unknown option 'instance_typ' (did you mean"), (broken, "not valid YAML")):
+        assert_fails(run, account, [*GOOD, "--config", str(config)], 2, message)
+
+
 def test_yaml_config_and_role_from_the_environment(account, run, tmp_path, monkeypatch):
     config = tmp_path / "job.yaml"
     config.write_text(f"train: s3://{DATA_BUCKET}/birdclef/\ninstance-count: 2\n")
@@ -296,6 +305,7 @@ GOOD = ["--train", f"s3://{DATA_BUCKET}/birdclef/", "--role", ROLE]
         ([*GOOD, "--tags", "a,b"], 2, "--tags expects key=value"),
         ([*GOOD, "--bogus"], 2, "unrecognized arguments: --bogus"),
         ([*GOOD, "--config", "/no/such/file.json"], 2, "--config /no/such/file.json: No such file or directory"),
+        ([*GOOD, "--local", "--dry-run"], 2, "--dry-run shows a SageMaker CreateTrainingJob request"),
         ([*GOOD, "--image-uri", f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/birdsed:9.9.9"], 1, "not found"),
         (
             [*GOOD, "--image-uri", f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/nope:1"],
