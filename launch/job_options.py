@@ -36,6 +36,7 @@ class JobOptions:
     noise: str | None = None
     instance: str = "ml.g5.xlarge"
     instance_count: int = 1
+    nproc_per_node: int | None = None  # training processes per instance; default: one per GPU
     image_uri: str | None = None
     role: str | None = None
     input_mode: str = "File"
@@ -155,7 +156,7 @@ def hyperparameter_string(name: object, value: object) -> str:
 CONVERTERS: dict[str, Callable[[str, object], object]] = {
     **{name: _text for name in OPTION_NAMES},
     **{name: _boolean for name in ("spot", "network_isolation", "wait", "dry_run", "local")},
-    **{name: _positive_int for name in ("instance_count", "volume_size")},
+    **{name: _positive_int for name in ("instance_count", "nproc_per_node", "volume_size")},
     **{name: _duration for name in ("max_run", "max_wait")},
     "input_mode": _input_mode,
     "tags": _tags,
@@ -218,6 +219,9 @@ def resolve_options(
         **CONVERTERS["hyperparameters"]("hyperparameters", file_values.get("hyperparameters", {})),
         **CONVERTERS["hyperparameters"]("hyperparameters", flags.get("hyperparameters", [])),
     }
+    if "nproc_per_node" in converted:
+        # The container starts torchrun itself (code/birdsed/torchrun.py); this is its only setting.
+        hyperparameters["nproc_per_node"] = str(converted["nproc_per_node"])
     return JobOptions(**{**converted, "hyperparameters": hyperparameters})
 
 

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--instance", help=f"training instance type (default {DEFAULTS.instance})")
     job.add_argument("--instance-count", metavar="N", help="number of instances (default 1)")
     job.add_argument(
+        "--nproc-per-node",
+        metavar="N",
+        help="training processes per instance (default: one per GPU); torchrun and DDP start on their own",
+    )
+    job.add_argument(
         "--image-uri", help="training image (default <account>.dkr.ecr.<region>.amazonaws.com/birdsed:<version>)"
     )
     job.add_argument("--role", help=f"SageMaker execution role ARN (or ${ROLE_ENV}, or 'role' in --config)")

@@ -68,6 +68,7 @@ FULL = [
     "--input-mode", "FastFile",
     "--instance", "ml.g5.2xlarge",
     "--instance-count", "2",
+    "--nproc-per-node", "4",
     "--role", ROLE,
     "--hp", "epochs=3",
     "--hp", "backbone=efficientnet_b0",
@@ -108,7 +109,7 @@ def test_submitted_job_has_every_setting(account, run):
         "LocalPath": "/opt/ml/checkpoints",
     }
     assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{OUTPUT_BUCKET}/runs"
-    assert job["HyperParameters"] == {"epochs": "3", "backbone": "efficientnet_b0"}
+    assert job["HyperParameters"] == {"epochs": "3", "backbone": "efficientnet_b0", "nproc_per_node": "4"}
     assert job["EnableNetworkIsolation"] is True
     assert job["TensorBoardOutputConfig"] == {
         "S3OutputPath": f"s3://{OUTPUT_BUCKET}/tensorboard/",

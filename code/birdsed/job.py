@@ -39,7 +39,8 @@ def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_S
         if launch:
             logger.info("Starting %s", " ".join(launch))
             logging.shutdown()
-            os.execv(launch[0], launch)  # torchrun takes over this process: its exit is the job's
+            launch_environ = {**environ, **torchrun.network_environment(env, environ)}
+            os.execve(launch[0], launch, launch_environ)  # torchrun takes over this process: its exit is the job's
         run(cfg, env)
     except TrainingStopped as stopped:
         logger.warning("%s", stopped)

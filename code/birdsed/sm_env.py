@@ -49,6 +49,7 @@ class SageMakerEnv:
     hosts: tuple[str, ...] = ("localhost",)
     current_host: str = "localhost"
     num_gpus: int = 0
+    network_interface: str | None = None  # e.g. eth0: the interface between the job's hosts
     process: ProcessGroupEnv = field(default_factory=ProcessGroupEnv)
 
     def channel(self, name: str) -> Path | None:
@@ -84,6 +85,7 @@ def from_environ(environ: Mapping[str, str], argv: Sequence[str] = ()) -> SageMa
         hosts=hosts,
         current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
         num_gpus=int(environ.get("SM_NUM_GPUS", "0") or 0),
+        network_interface=environ.get("SM_NETWORK_INTERFACE_NAME") or None,
         process=_process_group(environ),
     )
 

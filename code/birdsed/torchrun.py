@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from birdsed.config import Config
@@ -45,3 +45,14 @@ def command(cfg: Config, env: SageMakerEnv, visible_gpus: int, script: Path, arg
         f"--master_port={env.process.master_port}",
         str(script), *argv,
     ]  # fmt: skip
+
+
+def network_environment(env: SageMakerEnv, environ: Mapping[str, str]) -> dict[str, str]:
+    """Pin NCCL and gloo to the interface SageMaker names for traffic between hosts, unless set already.
+
+    Left alone, they may pick an interface the other hosts cannot reach (e.g. a Docker bridge).
+    """
+    if len(env.hosts) == 1 or not env.network_interface:
+        return {}
+    names = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
+    return {name: env.network_interface for name in names if name not in environ}
