@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from birdsed import reports
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
@@ -51,6 +52,8 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
     train_loader = loaders.train_loader(data, cfg, sampler, pin_memory=device.type == "cuda")
     val_loader = loaders.validation_loader(data, cfg, pin_memory=device.type == "cuda")
     truth = primary_truth(data.validation, data.labels)
+    train_counts = reports.class_counts(data.train.recordings.primary_labels, data.labels)
+    reporter = reports.create_reporter(env.output_data_dir, data.labels, train_counts)
     for epoch in range(progress.epoch, cfg.optim.epochs):
         if trainer.limit_reached(progress):
             break
@@ -58,9 +61,14 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
         train_loss = train_one_epoch(trainer, train_loader, progress)
         result = evaluate(trainer, val_loader, truth)
         record = epoch_record(epoch, train_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        # Kept in the history (so in every checkpoint): the best epoch's per-class AP survives a restart.
+        record["per_class_ap"] = reports.per_class_ap(truth, result["scores"])
         metrics_logger.info(format_metrics(record))
         end_of_epoch(trainer, progress, record, env.checkpoint_dir, cfg, data.labels)
-    return finish(trainer, progress, env, cfg, data.labels)
+        reporter.log_epoch(record)
+    best = finish(trainer, progress, env, cfg, data.labels)
+    reporter.finish(progress.history, best or None)
+    return best
 
 
 def seed_everything(seed: int) -> None:
@@ -209,7 +217,8 @@ def finish(trainer: Trainer, progress: Progress, env: SageMakerEnv, cfg: Config,
         weights = trainer.model.state_dict()
     outputs.write_model_dir(env.model_dir, weights, labels, cfg)
     best = best_record(progress.history)
-    outputs.write_metrics(env.output_data_dir, progress.history, best)
+    summary = {"per_class_ap": reports.ap_by_label(labels, best)}
+    outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
     if best is not None:
         logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
     return best or {}
