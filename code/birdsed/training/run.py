@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from birdsed import reports
+from birdsed import export, reports
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
@@ -216,8 +216,9 @@ def finish(trainer: Trainer, progress: Progress, env: SageMakerEnv, cfg: Config,
     else:
         weights = trainer.model.state_dict()
     outputs.write_model_dir(env.model_dir, weights, labels, cfg)
+    exported = export.export_model_dir(env.model_dir, weights, labels, cfg)
     best = best_record(progress.history)
-    summary = {"per_class_ap": reports.ap_by_label(labels, best)}
+    summary = {"per_class_ap": reports.ap_by_label(labels, best), "export": exported}
     outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
     if best is not None:
         logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
