@@ -18,7 +18,7 @@ LABELS = ["aaa1", "bbb2", "ccc3", "ddd4"]
 
 @pytest.fixture(scope="module")
 def trained_like():
-    cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "pretrained": "false"})
+    cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "duration": 3, "sample_rate": 16000, "pretrained": "false"})
     torch.manual_seed(0)
     return cfg, create_model(cfg, len(LABELS)).state_dict()
 

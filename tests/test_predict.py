@@ -26,11 +26,13 @@ from birdsed.training import outputs
 from conftest import FAST_HYPERPARAMETERS
 
 LABELS = ["aaa1", "bbb2", "ccc3"]
+# Row ids below assume 3 s windows at 16 kHz.
+HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "duration": 3, "sample_rate": 16000, "pretrained": "false"}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "pretrained": "false"})
+    cfg = from_hyperparameters(HYPERPARAMETERS)
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
     outputs.write_model_dir(directory, create_model(cfg, len(LABELS)).state_dict(), LABELS, cfg)
@@ -87,10 +89,7 @@ def test_find_audio_files_recurses_into_dirs_and_keeps_named_files(tmp_path):
 def test_config_round_trips_through_config_json(model_dir):
     sections = json.loads((model_dir / "config.json").read_text())
     cfg = predict.config_from_json(sections, model_dir / "config.json")
-    assert cfg.hyperparameters() == {
-        **from_hyperparameters(FAST_HYPERPARAMETERS).hyperparameters(),
-        "pretrained": "false",
-    }
+    assert cfg.hyperparameters() == from_hyperparameters(HYPERPARAMETERS).hyperparameters()
 
 
 # ---- model dirs and archives ----

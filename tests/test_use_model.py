@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 
 MODEL_FILES = ("model.pt", "labels.json", "config.json", "model.pt2")
 EPOCHS = 2
+DURATION = FAST_HYPERPARAMETERS["duration"]  # whole seconds: row ids are <stem>_<integer>
+SAMPLE_RATE = FAST_HYPERPARAMETERS["sample_rate"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_the_model_dir_holds_the_exported_model(job):
 
 def test_the_exported_model_runs_without_birdsed_and_matches_the_training_model(job, labels, tmp_path):
     loaded = predict.load_model(job / "model", torch.device("cpu"))
-    waveform = torch.randn(5, int(loaded.cfg.data.duration * loaded.cfg.data.sample_rate))  # not the example's 2
+    waveform = torch.randn(5, DURATION * SAMPLE_RATE)  # a batch size other than the export example's 2
     with torch.no_grad():
         expected = torch.sigmoid(loaded.model(waveform)["clipwise_logits"])
     torch.save(waveform, tmp_path / "waveform.pt")
@@ -134,11 +136,12 @@ def test_predict_command_on_model_tar_gz_writes_rows_columns_and_events(job, lab
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.strip().splitlines()[-1] == "predicted_files=1 skipped_files=1 windows=4"
+    windows = math.ceil(10 / DURATION)
+    assert completed.stdout.strip().splitlines()[-1] == f"predicted_files=1 skipped_files=1 windows={windows}"
     assert "Skipping" in completed.stderr and "truncated.flac" in completed.stderr
     rows = read_rows(out)
     assert list(rows[0]) == ["row_id", *labels]
-    assert [row["row_id"] for row in rows] == [f"soundscape_123_{end}" for end in (3, 6, 9, 12)]
+    assert [row["row_id"] for row in rows] == [f"soundscape_123_{DURATION * (index + 1)}" for index in range(windows)]
     with open(events, encoding="utf-8") as handle:
         assert handle.readline().strip() == "file,onset_s,offset_s,label,score"
     for event in read_rows(events):
@@ -154,11 +157,9 @@ def test_predict_on_a_real_recording(job, labels, real_birds, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     code = predict_cli.main(["--model", str(job / "model"), "--audio", str(recording), "--out", str(out), "--amp"])
     assert code == 0
-    samples = len(decode(recording, FAST_HYPERPARAMETERS["sample_rate"]))
-    windows = math.ceil(samples / (FAST_HYPERPARAMETERS["duration"] * FAST_HYPERPARAMETERS["sample_rate"]))
+    windows = math.ceil(len(decode(recording, SAMPLE_RATE)) / (DURATION * SAMPLE_RATE))
     rows = read_rows(out)
-    assert windows == 10
-    assert [row["row_id"] for row in rows] == [f"XC344045_{3 * (index + 1)}" for index in range(windows)]
+    assert [row["row_id"] for row in rows] == [f"XC344045_{DURATION * (index + 1)}" for index in range(windows)]
     assert list(rows[0]) == ["row_id", *labels]
     probabilities = np.array([[float(row[label]) for label in labels] for row in rows])
     assert probabilities.shape == (windows, len(labels))
