@@ -129,6 +129,17 @@ def read_segment(path: Path, start_seconds: float, seconds: float | None, sample
     return resample(mono, native_rate, sample_rate)
 
 
+@dataclass(frozen=True)
+class RawAudio:
+    """A crop source for `CropDataset`: seek + decode + resample the asked span of the original file."""
+
+    sample_rate: int
+
+    def read(self, path: Path, start: int, count: int) -> np.ndarray:
+        """Samples `[start, start + count)` at `sample_rate` (shorter at the end of the recording)."""
+        return read_segment(path, start / self.sample_rate, count / self.sample_rate, self.sample_rate)
+
+
 def decode(path: Path, sample_rate: int) -> np.ndarray:
     """Decode a whole recording, mono, at `sample_rate`."""
     return read_segment(path, 0.0, None, sample_rate)
