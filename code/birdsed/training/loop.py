@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from birdsed.augment import Augmentations
 from birdsed.metrics import macro_roc_auc, padded_cmap
 from birdsed.training.amp import MixedPrecision
 
@@ -36,6 +37,8 @@ class Trainer:
     grad_accum_steps: int
     max_grad_norm: float
     max_steps: int  # 0 = no limit
+    # Training-only, on the device; the default augments nothing. Validation never uses it.
+    augment: Augmentations = field(default_factory=Augmentations)
 
     def limit_reached(self, progress: Progress) -> bool:
         return bool(self.max_steps) and progress.step >= self.max_steps
@@ -53,9 +56,11 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress) ->
     last_batch = len(loader) - 1
     for index, batch in enumerate(loader):
         batch = to_device(batch, trainer.device)
+        waveform, target, weight = trainer.augment.waveform(batch["waveform"], batch["target"], batch["weight"])
         with trainer.precision.autocast():
-            outputs = trainer.model(batch["waveform"])
-        loss = trainer.loss_fn(outputs, batch["target"], batch["weight"])
+            spectrogram = trainer.augment.spectrogram(trainer.model.frontend(waveform))
+            outputs = trainer.model.forward_spectrogram(spectrogram)
+        loss = trainer.loss_fn(outputs, target, weight)
         trainer.scaler.scale(loss / trainer.grad_accum_steps).backward()
         total += loss.detach()
         batches += 1
