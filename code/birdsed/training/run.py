@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from birdsed.augment import create_augmentations
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
+from birdsed.data.noise import load_noise_bank
 from birdsed.errors import DataError
 from birdsed.losses import create_loss
 from birdsed.models import create_model
@@ -23,6 +25,7 @@ from birdsed.training import outputs
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.loop import Progress, Trainer, evaluate, train_one_epoch
+from birdsed.training.performance import configure_backends, optimise_model
 
 logger = logging.getLogger(__name__)
 metrics_logger = logging.getLogger("birdsed.metrics")
@@ -34,11 +37,14 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
     """Train as configured; returns the best epoch's record."""
     seed_everything(cfg.run.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configure_backends(device)
     data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
-    model = create_model(cfg, len(data.labels), weights).to(device)
+    model = optimise_model(create_model(cfg, len(data.labels), weights).to(device), device, cfg.run.compile)
     steps_per_epoch = optimizer_steps_per_epoch(len(data.train), cfg)
     trainer = build_trainer(cfg, model, data, device, steps_per_epoch)
+    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate)
+    trainer.augment = create_augmentations(cfg.augment, cfg.run.seed, device, noise_bank)
     progress = resume(trainer, env.checkpoint_dir, data.labels, cfg)
     logger.info(
         "world_size=1 device=%s amp=%s parameters=%d steps_per_epoch=%d",
@@ -55,6 +61,7 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
         if trainer.limit_reached(progress):
             break
         sampler.set_epoch(epoch)
+        trainer.augment.set_epoch(epoch)
         train_loss = train_one_epoch(trainer, train_loader, progress)
         result = evaluate(trainer, val_loader, truth)
         record = epoch_record(epoch, train_loss, result, trainer.optimizer.param_groups[0]["lr"])
