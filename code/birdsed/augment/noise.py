@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from birdsed.augment.base import BatchAugment, RandomStreams, replace, to_device
+from birdsed.data.audio import pcm16_to_float
 
 # Below this mean square a noise crop counts as silent (int16 quantisation noise is ~1e-10).
 SILENT_POWER = 1e-12
-INT16_SCALE = 32767.0
 
 
 def add_at_snr(signal: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class BackgroundNoise(_NoiseAtSNR):
             bank = bank.repeat(-(-length // len(bank)))
         starts = self.random.integers(0, len(bank) - length, (count,))
         positions = to_device(starts, bank)[:, None] + torch.arange(length, device=bank.device)
-        return bank[positions].float() / INT16_SCALE
+        return pcm16_to_float(bank[positions])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bank_samples={len(self.bank)}"

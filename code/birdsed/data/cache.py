@@ -9,7 +9,8 @@ Layout of a cache folder (upload it as is, e.g. `aws s3 sync CACHE s3://bucket/p
                                       `<filename>` exactly as in the metadata (`abc1/XC123.ogg.npy`)
 
 Samples are float waveforms clipped to [-1, 1] and stored as `round(x * 32767)` (no per-file
-normalisation, so levels stay as recorded; clipped samples are counted per file). `cache.json` holds
+normalisation, so levels stay as recorded; clipped samples are counted per file): the int16 PCM that
+crops travel in from the workers, so a crop is a plain copy. `cache.json` holds
 `format` ("birdsed-waveform-cache"), `version`, `complete` (false while `prepare` runs), `sample_rate`,
 `dtype`, `scale`, counts, `files` ({filename: {"samples", "clipped"}}: durations come from here, so
 training probes nothing) and `unreadable` ({filename: reason}).
@@ -38,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from birdsed.data import metadata
-from birdsed.data.audio import AudioReadError, decode
+from birdsed.data.audio import PCM_SCALE, AudioReadError, decode, to_pcm16
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 CACHE_FILE = "cache.json"
 FORMAT = "birdsed-waveform-cache"
 VERSION = 1
-SCALE = 32767
+SCALE = PCM_SCALE
 SUFFIX = ".npy"
 TEMPORARY_MARK = ".tmp-"
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -86,21 +87,14 @@ def array_path(root: Path, filename: str) -> Path:
     return root / metadata.AUDIO_DIR / (filename + SUFFIX)
 
 
-def encode(waveform: np.ndarray) -> tuple[np.ndarray, int]:
-    """float waveform -> (int16 samples, number of samples that had to be clipped)."""
-    clipped = int(np.count_nonzero(np.abs(waveform) > 1.0))
-    return np.round(np.clip(waveform, -1.0, 1.0) * SCALE).astype(np.int16), clipped
-
-
 def read_span(path: Path, start: int, count: int) -> np.ndarray:
-    """Samples `[start, start + count)` as float32 (shorter at the end of the recording)."""
+    """int16 samples `[start, start + count)` (shorter at the end of the recording)."""
     try:
         samples = np.load(path, mmap_mode="r")
-        span = np.array(samples[start : start + count], dtype=np.float32)
+        span = np.array(samples[start : start + count])
     except (OSError, ValueError) as error:
         raise AudioReadError(f"cache file unreadable ({error})") from None
     del samples  # closes the memory map now, not at the next garbage collection
-    span *= 1.0 / SCALE
     return span
 
 
@@ -256,7 +250,7 @@ def convert_recording(source: Path, target: Path, sample_rate: int) -> dict[str,
             raise AudioReadError("no audio frames")
     except AudioReadError as error:
         return error
-    samples, clipped = encode(waveform)
+    samples, clipped = to_pcm16(waveform)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
     with open(temporary, "wb") as handle:

@@ -3,6 +3,10 @@
 Workers only pick a recording and read a crop from a source (the waveform cache's memory maps, or
 seek + decode of the original file) and return it; everything heavy that can be batched (features,
 augmentation) runs on the training device. The crop rules live here once, for every source.
+
+Crops are int16 PCM (full scale 32767): half the bytes of float32 through the workers' shared memory,
+pinned memory and the bus, which is what limits a loader that does no other work. `to_device` in the
+training loop turns them into float32 on the device.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class CropSource(Protocol):
-    """Where crops come from: `read` returns float32 samples `[start, start + count)` at the job's rate,
+    """Where crops come from: `read` returns int16 samples `[start, start + count)` at the job's rate,
     shorter at the end of the recording, or raises `AudioReadError`."""
 
     def read(self, path: Path, start: int, count: int) -> np.ndarray: ...
@@ -66,9 +70,9 @@ class CropDataset(Dataset):
             # The header was fine when the job started, the body is not (e.g. truncated): this
             # item contributes nothing (weight 0) rather than killing a long job.
             logger.warning("Skipping a crop of %s: %s", self.recordings.paths[index], error)
-            waveform, weight = np.zeros(self.length, dtype=np.float32), 0.0
+            waveform, weight = np.zeros(self.length, dtype=np.int16), 0.0
         return {
-            "waveform": torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)),
+            "waveform": torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.int16)),
             "target": torch.from_numpy(self.recordings.targets[index]),
             "weight": torch.tensor(weight, dtype=torch.float32),
         }
@@ -83,7 +87,7 @@ class CropDataset(Dataset):
         # A short clip lands at a random place in the window, zeros around it.
         clip = self._read(index, 0)[: self.length]
         offset = int(rng.integers(0, self.length - len(clip) + 1))
-        waveform = np.zeros(self.length, dtype=np.float32)
+        waveform = np.zeros(self.length, dtype=np.int16)
         waveform[offset : offset + len(clip)] = clip
         return waveform
 

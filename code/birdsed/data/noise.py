@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from birdsed.data import cache
-from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, decode
+from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, decode, to_pcm16
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _decode_all(directory: Path, sample_rate: int) -> list[np.ndarray]:
     arrays = []
     for path in sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
         try:
-            arrays.append(cache.encode(decode(path, sample_rate))[0])
+            arrays.append(to_pcm16(decode(path, sample_rate))[0])
         except AudioReadError as error:
             logger.warning("Skipping noise file %s: %s", path, error)
     return arrays

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from birdsed.augment import Augmentations
+from birdsed.data.audio import pcm16_to_float
 from birdsed.metrics import macro_roc_auc, padded_cmap
 from birdsed.training.amp import MixedPrecision
 
@@ -45,7 +46,11 @@ class Trainer:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    """Move a batch to the device; int16 PCM waveforms (half the bytes to move) become float32 there."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    if moved["waveform"].dtype == torch.int16:
+        moved["waveform"] = pcm16_to_float(moved["waveform"])
+    return moved
 
 
 def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress) -> float:
