@@ -58,6 +58,9 @@ def test_the_cache_round_trip_equals_direct_decoding(small_dataset, prepared):
         span = cache.read_span(cache.array_path(output, name), 100, 5000)
         assert span.dtype == np.int16
         np.testing.assert_array_equal(span, np.load(cache.array_path(output, name))[100:5100])
+        tail = cache.read_span(cache.array_path(output, name), len(cached) - 10, 5000)
+        np.testing.assert_array_equal(tail, np.load(cache.array_path(output, name))[-10:])  # short at the end
+        assert len(cache.read_span(cache.array_path(output, name), len(cached) + 5, 100)) == 0
 
 
 def test_the_index_names_the_rate_the_durations_and_the_unreadable_files(small_dataset, prepared):

