@@ -30,6 +30,15 @@ from birdsed.errors import ConfigError
 RATE = 16000
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: extra intra-op threads only contend (several times slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def streams(seed=0):
     random = RandomStreams("cpu")
     random.seed(seed, epoch=0)
