@@ -269,13 +269,13 @@ def apply(augment, waves, labels, weights, spectrogram):
 def test_the_pipeline_is_deterministic_under_a_seed_and_differs_across_seeds_and_epochs():
     inputs = (tones(), targets(), torch.ones(6), torch.randn(6, 3, 32, 50))
     results = {}
-    for seed, epoch in [(1, 0), (1, 0), (2, 0), (1, 1)]:
-        augment = create_augmentations(everything_on(), seed=seed)
+    for seed, epoch, rank in [(1, 0, 0), (1, 0, 0), (2, 0, 0), (1, 1, 0), (1, 0, 1)]:
+        augment = create_augmentations(everything_on(), seed=seed, rank=rank)
         augment.set_epoch(epoch)
-        results.setdefault((seed, epoch), []).append(apply(augment, *inputs))
-    first, again = results[(1, 0)]
+        results.setdefault((seed, epoch, rank), []).append(apply(augment, *inputs))
+    first, again = results[(1, 0, 0)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    for other in (results[(2, 0)][0], results[(1, 1)][0]):
+    for other in (results[(2, 0, 0)][0], results[(1, 1, 0)][0], results[(1, 0, 1)][0]):
         assert not torch.equal(first[0], other[0]) and not torch.equal(first[3], other[3])
 
 
@@ -357,6 +357,20 @@ def test_validation_is_never_augmented():
     augmented = evaluate(trainer(heavy), loader, truth)
     np.testing.assert_array_equal(plain["scores"], augmented["scores"])
     assert all(torch.equal(before[key], value) for key, value in heavy.state_dict().items())  # no draws at all
+
+
+def test_the_model_can_be_entered_with_a_spectrogram():
+    """The train step calls `model(spectrogram=...)`, so a DistributedDataParallel wrapper sees the call."""
+    from birdsed.models import create_model
+
+    cfg = from_hyperparameters(
+        {"backbone": "test_efficientnet", "sample_rate": RATE, "fmax": 8000, "n_mels": 32, "n_fft": 512}
+    )
+    model = create_model(cfg, num_classes=3).eval()
+    waves = tones(2)
+    with torch.no_grad():
+        direct, entered = model(waves), model(spectrogram=model.frontend(waves))
+    torch.testing.assert_close(direct["clipwise_logits"], entered["clipwise_logits"])
 
 
 def test_augment_hyperparameters_are_checked():

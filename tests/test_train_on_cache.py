@@ -40,7 +40,8 @@ def test_a_job_trains_on_a_cache_with_background_noise_and_every_augmentation(tm
         **{name: 1.0 for name in ("gain_p", "mix_p", "stretch_p", "pitch_p", "background_p", "noise_p")},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert "channel=train source=cache sample_rate=16000 skipped_files=0 usable_files=12" in completed.stdout
+    rate = FAST_HYPERPARAMETERS["sample_rate"]
+    assert f"channel=train source=cache sample_rate={rate} skipped_files=0 usable_files=12" in completed.stdout
     assert "noise channel: recordings=1 seconds=2.0" in completed.stdout
     assert "BackgroundNoise(p=1.0" in completed.stdout and "FreqMask(p=0.3" in completed.stdout
     history = json.loads((tmp_path / "job" / "output" / "data" / "metrics.json").read_text())["history"]
@@ -48,8 +49,10 @@ def test_a_job_trains_on_a_cache_with_background_noise_and_every_augmentation(tm
 
 
 def test_a_cache_at_another_sample_rate_fails_the_job_with_the_reason(tmp_path, prepared_cache):
-    completed = run_job(tmp_path, {"train": prepared_cache}, sample_rate=32000)
+    rate = FAST_HYPERPARAMETERS["sample_rate"]
+    other = 2 * rate
+    completed = run_job(tmp_path, {"train": prepared_cache}, sample_rate=other)
     assert completed.returncode == 1
     failure = (tmp_path / "output" / "failure").read_text()
-    assert "prepared at 16000 Hz but the job's sample_rate is 32000 Hz" in failure
+    assert f"prepared at {rate} Hz but the job's sample_rate is {other} Hz" in failure
     assert "Traceback" not in failure

@@ -15,9 +15,10 @@ from torch import nn
 
 from birdsed.data.sampler import epoch_seed
 
-# Streams of `epoch_seed` (the sampler uses 1): independent of the sampler's draws.
-HOST_STREAM = 2
-DEVICE_STREAM = 3
+# Streams of `epoch_seed`, plus the process's rank (the sampler uses stream 1): independent of the
+# sampler's draws and of the other processes' augmentations.
+HOST_STREAM = 1000
+DEVICE_STREAM = 2000
 
 
 class RandomStreams:
@@ -26,7 +27,7 @@ class RandomStreams:
     `host` (CPU) draws which items get an effect and their parameters: small vectors, and having them
     on the host means the train step never waits for the device to learn how many items to process or
     how long a stretched item is. `on_device` draws the noise signals where they are used (a CUDA
-    generator on a GPU). Both are reseeded by `seed(seed, epoch)`; `state_dict` captures both.
+    generator on a GPU). Both are reseeded by `seed(seed, epoch, rank)`; `state_dict` captures both.
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
@@ -34,9 +35,10 @@ class RandomStreams:
         self.host = torch.Generator()
         self.on_device = torch.Generator(device=self.device)
 
-    def seed(self, seed: int, epoch: int) -> None:
-        self.host.manual_seed(epoch_seed(seed, epoch, HOST_STREAM))
-        self.on_device.manual_seed(epoch_seed(seed, epoch, DEVICE_STREAM))
+    def seed(self, seed: int, epoch: int, rank: int = 0) -> None:
+        """Seeds from (seed, epoch, rank): each process of a multi-GPU job augments its own share differently."""
+        self.host.manual_seed(epoch_seed(seed, epoch, HOST_STREAM + rank))
+        self.on_device.manual_seed(epoch_seed(seed, epoch, DEVICE_STREAM + rank))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Both generator states as CPU byte tensors (loadable with `torch.load(weights_only=True)`)."""

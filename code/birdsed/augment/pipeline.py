@@ -4,6 +4,7 @@ Two stages, called explicitly by the train step (the model's `forward` stays fre
 
     waveform, target, weight = augment.waveform(waveform, target, weight)   # [B, T], [B, K], [B]
     spectrogram = augment.spectrogram(model.frontend(waveform))             # [B, 3, mels, frames]
+    outputs = model(spectrogram=spectrogram)                                # through a DDP wrapper, if any
 
 Waveform order: gain, mix, time stretch, pitch shift, background noise, Gaussian noise, pink noise,
 wave mask (gain first so that mixed clips differ in level; noise after mixing so the SNR is the
@@ -11,8 +12,8 @@ mixture's). Spectrogram: time mask, then frequency mask. Validation calls the mo
 `forward` and never sees any of this.
 
 Determinism and resume: all random numbers come from `augment.random` (`RandomStreams`). Call
-`augment.set_epoch(epoch)` at the start of every epoch (it reseeds from (seed, epoch)); for an exact
-mid-epoch resume save `augment.state_dict()` with the checkpoint and, after `set_epoch(epoch)`,
+`augment.set_epoch(epoch)` at the start of every epoch (it reseeds from (seed, epoch, rank)); for an
+exact mid-epoch resume save `augment.state_dict()` with the checkpoint and, after `set_epoch(epoch)`,
 `augment.load_state_dict(saved)`.
 """
 
@@ -77,10 +78,11 @@ class Augmentations:
     spectrogram: SpectrogramAugmentations = field(default_factory=lambda: SpectrogramAugmentations([]))
     random: RandomStreams = field(default_factory=RandomStreams)
     seed: int = 0
+    rank: int = 0  # the process's rank in a multi-GPU job
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed from (seed, epoch): epoch e augments alike in every run, resumed or not."""
-        self.random.seed(self.seed, epoch)
+        """Reseed from (seed, epoch, rank): epoch e augments alike in every run, resumed or not."""
+        self.random.seed(self.seed, epoch, self.rank)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.random.state_dict()
@@ -90,7 +92,11 @@ class Augmentations:
 
 
 def create_augmentations(
-    cfg: AugmentConfig, seed: int, device: torch.device | str = "cpu", noise_bank: torch.Tensor | None = None
+    cfg: AugmentConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    noise_bank: torch.Tensor | None = None,
+    rank: int = 0,
 ) -> Augmentations:
     """The configured augmentations on `device`; those with p=0 (or all, with augment=off) are left out.
 
@@ -99,7 +105,7 @@ def create_augmentations(
     random = RandomStreams(device)
     if cfg.augment == "off":
         logger.info("augment=off: training without augmentation")
-        return Augmentations(random=random, seed=seed)
+        return Augmentations(random=random, seed=seed, rank=rank)
     before = [Gain(cfg.gain_p, cfg.gain_db_min, cfg.gain_db_max, random)] if cfg.gain_p else []
     mix = Mix(cfg.mix_p, cfg.mix_max_clips, random) if cfg.mix_p else None
     after = _after_mix(cfg, random, noise_bank.to(device) if noise_bank is not None else None)
@@ -112,6 +118,7 @@ def create_augmentations(
         SpectrogramAugmentations([mask for mask in masks if mask.p]),
         random,
         seed,
+        rank,
     )
     logger.info("augmentations: %s", describe(augmentations))
     return augmentations

@@ -64,7 +64,7 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress) ->
         waveform, target, weight = trainer.augment.waveform(batch["waveform"], batch["target"], batch["weight"])
         with trainer.precision.autocast():
             spectrogram = trainer.augment.spectrogram(trainer.model.frontend(waveform))
-            outputs = trainer.model.forward_spectrogram(spectrogram)
+            outputs = trainer.model(spectrogram=spectrogram)
         loss = trainer.loss_fn(outputs, target, weight)
         trainer.scaler.scale(loss / trainer.grad_accum_steps).backward()
         total += loss.detach()
