@@ -320,17 +320,21 @@ def test_the_default_set_is_complete_and_background_noise_needs_the_channel(capl
 
 
 def test_validation_is_never_augmented():
+    from birdsed.data.sampler import ShardSampler
     from birdsed.losses import create_loss
     from birdsed.models import create_model
     from birdsed.training.amp import mixed_precision
+    from birdsed.training.distributed import Distributed
     from birdsed.training.loop import Trainer, evaluate
+    from birdsed.training.signals import NeverStop
 
     cfg = from_hyperparameters(
         {"backbone": "test_efficientnet", "sample_rate": RATE, "fmax": 8000, "n_mels": 32, "n_fft": 512}
     )
     model = create_model(cfg, num_classes=3)
-    batches = [{"waveform": tones(4), "target": targets(4, 3), "weight": torch.ones(4)}]
-    loader = DataLoader(batches, batch_size=None)
+    waves, labels = tones(4), targets(4, 3)
+    items = [{"waveform": waves[i], "target": labels[i], "weight": torch.tensor(1.0)} for i in range(4)]
+    loader = DataLoader(items, batch_size=4, sampler=ShardSampler(len(items)))
     truth = np.eye(4, 3, dtype=np.int64)
 
     def trainer(augment):
@@ -344,17 +348,20 @@ def test_validation_is_never_augmented():
             scaler=precision.grad_scaler(),
             precision=precision,
             device=torch.device("cpu"),
+            batches_per_epoch=1,
             grad_accum_steps=1,
             max_grad_norm=0,
             max_steps=0,
+            nonfinite_patience=1,
+            distributed=Distributed(0, 0, 1, torch.device("cpu")),
             augment=augment,
         )
 
     heavy = create_augmentations(everything_on(), seed=0)
     heavy.set_epoch(0)
     before = {key: value.clone() for key, value in heavy.state_dict().items()}
-    plain = evaluate(trainer(Augmentations()), loader, truth)
-    augmented = evaluate(trainer(heavy), loader, truth)
+    plain = evaluate(trainer(Augmentations()), loader, truth, NeverStop())
+    augmented = evaluate(trainer(heavy), loader, truth, NeverStop())
     np.testing.assert_array_equal(plain["scores"], augmented["scores"])
     assert all(torch.equal(before[key], value) for key, value in heavy.state_dict().items())  # no draws at all
 

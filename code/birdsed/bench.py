@@ -34,9 +34,11 @@ from birdsed.data.sampler import WeightedEpochSampler
 from birdsed.data.synthetic import make_dataset, pink_noise
 from birdsed.features import LogMelDeltas
 from birdsed.models import create_model
-from birdsed.training.loop import Progress, Trainer, optimizer_step, to_device, train_one_epoch
+from birdsed.training.distributed import Distributed
+from birdsed.training.loop import Progress, Trainer, finish_step, to_device, train_one_epoch
 from birdsed.training.performance import configure_backends, optimise_model
 from birdsed.training.run import build_trainer
+from birdsed.training.signals import NeverStop
 
 GPU_BACKBONE = "tf_efficientnetv2_s.in21k"  # the job's default
 CPU_BACKBONE = "test_efficientnet"  # timm's tiny test net: a real backbone step in about a second on a CPU
@@ -186,13 +188,14 @@ def augmentation_ms(cfg: Config, batch: dict[str, torch.Tensor], settings: Setti
 
 def model_only_rate(trainer: Trainer, batch: dict[str, torch.Tensor], settings: Settings) -> float:
     """Forward + backward + step of the whole model (front end included) on a device-resident batch."""
+    progress = Progress()
 
     def step() -> None:
         with trainer.precision.autocast():
             outputs = trainer.model(batch["waveform"])
         loss = trainer.loss_fn(outputs, batch["target"], batch["weight"])
         trainer.scaler.scale(loss).backward()
-        optimizer_step(trainer)
+        finish_step(trainer, progress, [loss.detach()], NeverStop())  # the same one sync per step as training
 
     return settings.batch_size / timed(settings.device, step, repeats=settings.steps)
 
@@ -204,12 +207,12 @@ def step_rate(trainer: Trainer, dataset: CropDataset, cfg: Config, settings: Set
     options = loaders.worker_options(settings.workers, pin_memory=settings.device.type == "cuda")
     loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, **options)
     sampler.set_epoch(0, start=max(0, len(sampler) - 2 * settings.batch_size))  # warm-up
-    train_one_epoch(trainer, loader, Progress())
+    train_one_epoch(trainer, loader, Progress(), NeverStop())
     sampler.set_epoch(1)
     trainer.augment.set_epoch(1)
     synchronize(settings.device)
     started = time.perf_counter()
-    train_one_epoch(trainer, loader, Progress())  # ends with .item(): the device has finished
+    train_one_epoch(trainer, loader, Progress(), NeverStop())  # each step ends with a sync: the device has finished
     return settings.steps * settings.batch_size / (time.perf_counter() - started)
 
 
@@ -236,7 +239,7 @@ def run_benchmark(settings: Settings) -> Iterator[tuple[str, object]]:
     batch = device_batch(data.train, settings)
     yield "aug_ms_per_batch", round(augmentation_ms(cfg, batch, settings), 1)
     model = optimise_model(create_model(cfg, len(data.labels)).to(settings.device), settings.device, False)
-    trainer = build_trainer(cfg, model, data, settings.device, steps_per_epoch=10**6)
+    trainer = build_trainer(cfg, model, data, Distributed(0, 0, 1, settings.device))
     model_only = model_only_rate(trainer, batch, settings)
     yield "model_only_samples_per_s", round(model_only, 2)
     step = step_rate(trainer, data.train, cfg, settings)
