@@ -59,10 +59,10 @@ def test_probe_names_the_reason_a_file_is_unusable(tmp_path, content, reason):
         audio.probe(path)
 
 
-def test_probe_many_returns_errors_in_place(tmp_path):
+def test_inspect_many_returns_errors_in_place(tmp_path):
     good = tmp_path / "good.wav"
     sf.write(good, sine(440, 8000, 0.5), 8000)
-    infos = audio.probe_many([good, tmp_path / "missing.wav"])
+    infos = audio.inspect_many([good, tmp_path / "missing.wav"])
     assert isinstance(infos[0], audio.AudioInfo) and infos[0].sample_rate == 8000
     assert infos[0].seconds == pytest.approx(0.5)
     assert isinstance(infos[1], audio.AudioReadError)

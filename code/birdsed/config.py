@@ -41,6 +41,9 @@ class DataConfig:
     secondary_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
     num_workers: int = field(default=-1, metadata=_range(-1, 64))
+    # quick: header + the first and last second of each file; full: decode every file once at start.
+    audio_check: Literal["quick", "full"] = "quick"
+    max_skipped_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import functools
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,8 @@ def probe(path: Path) -> AudioInfo:
     if path.stat().st_size == 0:
         raise AudioReadError("empty file")
     try:
-        info = sf.info(str(path))
+        with _native_stderr_silenced(_is_mp3(path)):
+            info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioReadError(f"not readable audio ({error})") from None
     if info.frames <= 0 or info.samplerate <= 0:
@@ -53,17 +56,64 @@ def probe(path: Path) -> AudioInfo:
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
 
 
-def probe_many(paths: list[Path], threads: int = 8) -> list[AudioInfo | AudioReadError]:
-    """Probe many files in parallel (header reads are I/O bound); errors are returned, not raised."""
+CHECK_SECONDS = 1.0  # decoded at each end of a recording by the quick check
+CHECK_BLOCK_FRAMES = 1 << 18  # the full check decodes in blocks: a long file never sits whole in memory
 
-    def safe_probe(path: Path) -> AudioInfo | AudioReadError:
+
+def inspect(path: Path, full: bool = False) -> AudioInfo:
+    """Header, then decoded samples: raise `AudioReadError` with the reason a recording is unusable.
+
+    The quick check decodes the first and the last second (catching most truncated and corrupt
+    files for the price of two seeks); the full check decodes everything, finds non-finite samples
+    anywhere and measures the true length (a VBR MP3's header only estimates it).
+    """
+    info = probe(path)
+    try:
+        with _native_stderr_silenced(_is_mp3(path)), sf.SoundFile(str(path)) as audio:
+            frames = _decode_all(audio) if full else _decode_ends(audio, info)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioReadError(f"decoding failed ({error})") from None
+    if frames == 0:
+        raise AudioReadError("no audio frames could be decoded")
+    return AudioInfo(frames=frames if full else info.frames, sample_rate=info.sample_rate, channels=info.channels)
+
+
+def _check_finite(block: np.ndarray, where: str) -> None:
+    if not np.isfinite(block).all():
+        raise AudioReadError(f"non-finite samples (NaN or infinity) {where}")
+
+
+def _decode_ends(audio: sf.SoundFile, info: AudioInfo) -> int:
+    span = int(CHECK_SECONDS * info.sample_rate)
+    head = audio.read(frames=span, dtype="float32", always_2d=True)
+    _check_finite(head, "at the start")
+    if info.frames > span:
+        audio.seek(max(info.frames - span, 0))
+        tail = audio.read(frames=span, dtype="float32", always_2d=True)
+        _check_finite(tail, "at the end")
+    return len(head)
+
+
+def _decode_all(audio: sf.SoundFile) -> int:
+    """Decode to the real end (not `SoundFile.blocks`, which trusts the header's length)."""
+    frames = 0
+    while len(block := audio.read(frames=CHECK_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+        _check_finite(block, f"near {frames / audio.samplerate:.1f} s")
+        frames += len(block)
+    return frames
+
+
+def inspect_many(paths: list[Path], full: bool = False, threads: int | None = None) -> list[AudioInfo | AudioReadError]:
+    """Inspect many files in parallel (libsndfile releases the GIL); errors are returned, not raised."""
+
+    def safe_inspect(path: Path) -> AudioInfo | AudioReadError:
         try:
-            return probe(path)
+            return inspect(path, full)
         except AudioReadError as error:
             return error
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(safe_probe, paths))
+    with ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(safe_inspect, paths))
 
 
 @functools.lru_cache(maxsize=16)
@@ -85,27 +135,57 @@ def _to_mono(frames: np.ndarray) -> np.ndarray:
     return frames.mean(axis=1, dtype=np.float32) if frames.ndim == 2 else frames.astype(np.float32)
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced(enabled: bool):
-    """Silence C-level stderr (file descriptor 2) for the duration of a read.
+class _NativeStderrSilencer:
+    """Silence C-level stderr (file descriptor 2) while MP3s are opened, sought or decoded.
 
     libmpg123, inside libsndfile, prints a "part2_3_length too large" line for the first frame
-    after every seek in an MP3 (its bit reservoir lies before the seek point). The frame is simply
-    decoded short; the message is noise that would flood the job log, once per crop.
+    after every seek in an MP3 (its bit reservoir lies before the seek point; the frame is simply
+    decoded short) and "Xing stream size off" for files whose header misstates their size. Both are
+    noise that would flood the job log, once per crop. File descriptor 2 is one per process and
+    several threads may read at once, so the redirect is shared and counted: the first reader
+    redirects, the last one restores.
     """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._saved: int | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        self._enter()
+        try:
+            yield
+        finally:
+            self._exit()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._readers += 1
+            if self._readers == 1:
+                sys.stderr.flush()
+                self._saved = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._readers == 0 and self._saved is not None:
+                os.dup2(self._saved, 2)
+                os.close(self._saved)
+                self._saved = None
+
+
+_native_stderr_silenced = _NativeStderrSilencer()  # one per process, as file descriptor 2 is
+
+
+def _is_mp3(path: Path) -> bool:
+    return path.suffix.lower() == ".mp3"
 
 
 def read_segment(path: Path, start_seconds: float, seconds: float | None, sample_rate: int) -> np.ndarray:
@@ -115,14 +195,13 @@ def read_segment(path: Path, start_seconds: float, seconds: float | None, sample
     The result may be shorter than asked at the end of the file.
     """
     try:
-        with sf.SoundFile(str(path)) as audio:
+        with _native_stderr_silenced(_is_mp3(path)), sf.SoundFile(str(path)) as audio:
             native_rate = audio.samplerate
             start = min(int(round(start_seconds * native_rate)), max(audio.frames - 1, 0))
             count = -1 if seconds is None else int(round(seconds * native_rate))
-            with _native_stderr_silenced(bool(start) and audio.format == "MP3"):
-                if start:
-                    audio.seek(start)
-                frames = audio.read(frames=count, dtype="float32", always_2d=True)
+            if start:
+                audio.seek(start)
+            frames = audio.read(frames=count, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioReadError(f"decoding failed ({error})") from None
     mono = _to_mono(frames)

@@ -182,9 +182,12 @@ def usable_recordings(root: Path, channel: str, sample_rate: int) -> pd.DataFram
             f"None of the {len(frame)} recordings in the '{channel}' channel's metadata are in its waveform cache; "
             "check the prepare run's summary of unreadable files."
         )
+    listed = len(frame)
     frame = frame[usable].reset_index(drop=True)
     seconds = [index.samples(name) / index.sample_rate for name in frame["filename"]]
-    return frame.assign(path=[array_path(root, name) for name in frame["filename"]], seconds=seconds)
+    frame = frame.assign(path=[array_path(root, name) for name in frame["filename"]], seconds=seconds)
+    frame.attrs["listed_files"] = listed
+    return frame
 
 
 def load_arrays(index: CacheIndex) -> Iterator[np.ndarray]:

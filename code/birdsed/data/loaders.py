@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from birdsed.config import Config
 from birdsed.data import cache, metadata
-from birdsed.data.audio import AudioInfo, RawAudio, probe_many
+from birdsed.data.audio import AudioInfo, RawAudio, inspect_many
 from birdsed.data.dataset import CropDataset, CropSource
 from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError
@@ -46,10 +46,10 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
             "The required 'train' channel is missing: give the job a 'train' input channel "
             "(S3 prefix holding train_metadata.csv and train_audio/)."
         )
-    frame, train_source = _channel(train_dir, "train", cfg.data.sample_rate)
+    frame, train_source = _channel(train_dir, "train", cfg)
     labels = metadata.build_vocabulary(frame)
     if validation_dir is not None:
-        train_frame, (val_frame, val_source) = frame, _channel(validation_dir, "validation", cfg.data.sample_rate)
+        train_frame, (val_frame, val_source) = frame, _channel(validation_dir, "validation", cfg)
         _check_known_labels(val_frame, labels)
     else:
         train_frame, val_frame = metadata.split_train_validation(frame, cfg.data.val_fraction, cfg.run.seed)
@@ -68,22 +68,31 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
     )
 
 
-def _channel(directory: Path, channel: str, sample_rate: int) -> tuple[pd.DataFrame, CropSource]:
+def _channel(directory: Path, channel: str, cfg: Config) -> tuple[pd.DataFrame, CropSource]:
     """The usable recordings of a channel and the source their crops are read from."""
     if cache.is_cache(directory):
-        return cache.usable_recordings(directory, channel, sample_rate), cache.CachedWaveforms()
-    return _usable(metadata.read_metadata(directory), channel), RawAudio(sample_rate)
+        frame, source = cache.usable_recordings(directory, channel, cfg.data.sample_rate), cache.CachedWaveforms()
+    else:
+        frame, source = (
+            _usable(metadata.read_metadata(directory), channel, cfg.data.audio_check),
+            RawAudio(cfg.data.sample_rate),
+        )
+    _check_skipped_fraction(channel, frame.attrs["listed_files"], len(frame), cfg.data.max_skipped_fraction)
+    return frame, source
 
 
-def _usable(frame: pd.DataFrame, channel: str) -> pd.DataFrame:
-    """Probe every file once; skip (and name) those that cannot be read."""
-    infos = probe_many(list(frame["path"]))
+def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> pd.DataFrame:
+    """Check every file once; skip (and name, with the reason) those that cannot be used."""
+    infos = inspect_many(list(frame["path"]), full=audio_check == "full")
     usable = [isinstance(info, AudioInfo) for info in infos]
-    for path, info in zip(frame["path"], infos, strict=False):
+    for path, info in zip(frame["path"], infos, strict=True):
         if not isinstance(info, AudioInfo):
             logger.warning("Skipping %s: %s", path, info)
     skipped = len(frame) - sum(usable)
-    logger.info("channel=%s source=raw skipped_files=%d usable_files=%d", channel, skipped, sum(usable))
+    logger.info(
+        "channel=%s source=raw audio_check=%s skipped_files=%d usable_files=%d",
+        channel, audio_check, skipped, sum(usable),
+    )  # fmt: skip
     if not any(usable):
         raise DataError(
             f"None of the {len(frame)} recordings listed in the '{channel}' channel's metadata could be "
@@ -91,7 +100,20 @@ def _usable(frame: pd.DataFrame, channel: str) -> pd.DataFrame:
             "named in the 'filename' column."
         )
     seconds = [info.seconds for info in infos if isinstance(info, AudioInfo)]
-    return frame[usable].assign(seconds=seconds).reset_index(drop=True)
+    usable_frame = frame[usable].assign(seconds=seconds).reset_index(drop=True)
+    usable_frame.attrs["listed_files"] = len(frame)
+    return usable_frame
+
+
+def _check_skipped_fraction(channel: str, listed: int, usable: int, max_fraction: float) -> None:
+    """A few bad files are normal; many mean the wrong data or a broken upload, so stop before training."""
+    skipped = listed - usable
+    if listed and skipped / listed > max_fraction:
+        raise DataError(
+            f"{skipped} of the {listed} recordings in the '{channel}' channel ({skipped / listed:.0%}) could not "
+            f"be used, more than max_skipped_fraction={max_fraction:g}; the log names each file and its reason. "
+            "Fix or remove those files (or raise max_skipped_fraction to train on the rest)."
+        )
 
 
 def _check_known_labels(frame: pd.DataFrame, labels: list[str]) -> None:
