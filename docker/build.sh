@@ -43,9 +43,16 @@ for tag in "${tags[@]}"; do
     args+=(--tag "$tag")
 done
 
+previous=$("$DOCKER" image inspect --format '{{.Id}}' "${tags[@]}" 2>/dev/null || true)
 log "building ${tags[*]} FROM $base_image with $DOCKER"
 started=$SECONDS
 docker_build "${args[@]}" "${extra[@]}" "$REPO_ROOT"
+# The images these tags named before are now untagged: remove them (not while still in use).
+sort -u <<<"$previous" | while read -r id; do
+    if [[ -n $id && $("$DOCKER" image inspect --format '{{len .RepoTags}}' "$id" 2>/dev/null) == 0 ]]; then
+        "$DOCKER" image rm "$id" >/dev/null 2>&1 || true
+    fi
+done
 log "built in $((SECONDS - started)) s: $("$DOCKER" image inspect --format '{{.Size}}' "${tags[0]}" \
     | awk '{printf "%.2f GB", $1 / 1e9}') uncompressed"
 printf '%s\n' "${tags[@]}"
