@@ -3,6 +3,9 @@
 # Build with docker/build.sh (BuildKit is required: secrets and build mounts). The base carries
 # CUDA, cuDNN, Python and the same torch release that requirements.txt pins; see README.md,
 # "The image", for how the tag was verified and how to build on an AWS Deep Learning Container.
+# Pinned by tag (a CI machine without registry access builds a stand-in under this name); the tag's
+# published digest, which docker/test_image.sh compares after a pull, is:
+# BASE_IMAGE_DIGEST=sha256:7b324d212a4450795b49edba9949b7cdc72429148a64e974334bfe5774d51385
 ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGE_NAME=${IMAGE_NAME:-birdsed}
 export DEFAULT_BASE_IMAGE
 DEFAULT_BASE_IMAGE=$(sed -n 's/^ARG BASE_IMAGE=//p' "$REPO_ROOT/Dockerfile")
+export BASE_IMAGE_DIGEST
+BASE_IMAGE_DIGEST=$(sed -n 's/^# BASE_IMAGE_DIGEST=//p' "$REPO_ROOT/Dockerfile")
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {

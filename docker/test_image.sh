@@ -58,7 +58,7 @@ cleanup() {
         "$DOCKER" network rm sagemaker-local >/dev/null 2>&1
         if [[ -n $work && -d $work ]] && ! rm -rf "$work" 2>/dev/null && [[ -n $image ]]; then
             # files the containers wrote as root, when this script is not root
-            "$DOCKER" run --rm --entrypoint rm -v "$work:/work" "$image" -rf /work/. 2>/dev/null
+            "$DOCKER" run --rm --entrypoint find -v "$work:/work" "$image" /work -mindepth 1 -delete 2>/dev/null
         fi
     fi
     [[ -n $work ]] && rm -rf "$work"
@@ -111,7 +111,7 @@ ensure_docker() {
 
 # Which base image the build uses: the real one when present or pullable, else a stand-in.
 prepare_base() {
-    local standin pull_log reason
+    local standin pull_log reason digests
     standin=$("$DOCKER" image inspect --format '{{index .Config.Labels "org.birdsed.standin"}}' \
         "$BASE_IMAGE" 2>/dev/null || true)
     if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 && [[ -z $standin ]]; then
@@ -124,6 +124,13 @@ prepare_base() {
     if timeout 1200 "$DOCKER" pull "$BASE_IMAGE" >"$pull_log" 2>&1; then
         log "using the real base image $BASE_IMAGE (pulled)"
         base_kind="real (pulled)"
+        digests=$("$DOCKER" image inspect --format '{{join .RepoDigests " "}}' "$BASE_IMAGE")
+        if [[ $BASE_IMAGE == "$DEFAULT_BASE_IMAGE" && $digests != *"$BASE_IMAGE_DIGEST"* ]]; then
+            printf '\nWARNING: %s now has the digest %s, not the documented %s: the tag was re-pushed;\n' \
+                "$BASE_IMAGE" "$digests" "$BASE_IMAGE_DIGEST" >&2
+            printf 'check the new base and update BASE_IMAGE_DIGEST in the Dockerfile.\n\n' >&2
+        fi
+        base_kind="$base_kind, $digests"
         return
     fi
     reason=$(tail -1 "$pull_log")
