@@ -10,8 +10,8 @@
 # the CUDA 12.8 builds, the same binaries as the cu128 wheels in the real base), plus the real
 # base's environment variables, labels and working directory. No CUDA driver or GPU needed.
 #
-# Built once and reused: it is keyed by a hash of this script and the pins, and a rebuild happens
-# only when those change. The debootstrap root file system and the wheels are cached in
+# Built once and reused: it is keyed by a hash of its recipe (the debootstrap arguments, the
+# packages and pins, the image configuration, a recipe number), and rebuilt only when that changes. The debootstrap root file system and the wheels are cached in
 # ${BIRDSED_CACHE:-~/.cache/birdsed}. Needs root (debootstrap), a docker engine, and a Python with
 # pip for the downloads ($PYTHON, default .venv/bin/python; the host's pip configuration, proxy
 # CA included, applies).
@@ -37,7 +37,22 @@ IFS=. read -r _ torch_minor torch_patch <<<"$torch"
 torchvision=${STANDIN_TORCHVISION:-0.$((torch_minor + 15)).${torch_patch:-0}}
 packages=("pip==$pip_version" "torch==$torch" "torchaudio==$torchaudio" "torchvision==$torchvision")
 
-key=$( (cat "$0" && echo "$suite ${packages[*]}") | sha256sum | cut -c1-12)
+# The image's configuration, as the real base's Dockerfile sets it.
+changes=(
+    'ENV PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+    'ENV NVIDIA_VISIBLE_DEVICES=all'
+    'ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility'
+    'ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64'
+    "ENV PYTORCH_VERSION=$torch"
+    'LABEL com.nvidia.volumes.needed=nvidia_driver'
+    'WORKDIR /workspace'
+    'CMD ["/bin/bash"]'
+)
+# shellcheck disable=SC2054 # debootstrap takes a comma-separated package list
+debootstrap_args=(--variant=minbase --include=python3,python3-venv,ca-certificates "$suite")
+# Bump when the steps below change in a way the lists above do not show.
+recipe=1
+key=$(printf '%s\n' "$recipe" "${debootstrap_args[@]}" "${packages[@]}" "${changes[@]}" | sha256sum | cut -c1-12)
 standin="birdsed-standin:$key"
 
 if "$DOCKER" image inspect "$standin" >/dev/null 2>&1; then
@@ -58,12 +73,11 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. The operating system: debootstrap once, then from the cached tarball.
-rootfs_tar="$cache/standin/debian-$suite-minbase-python3.tar"
+rootfs_tar="$cache/standin/debian-$suite-$(printf '%s\n' "${debootstrap_args[@]}" | sha256sum | cut -c1-12).tar"
 if [[ ! -s $rootfs_tar ]]; then
     command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
     log "debootstrap $suite from $mirror (about 2 minutes; cached in $rootfs_tar)"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    debootstrap "${debootstrap_args[@]}" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
         { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
     rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
     tar -C "$work/rootfs" -cf "$rootfs_tar.tmp" . && mv "$rootfs_tar.tmp" "$rootfs_tar"
@@ -81,27 +95,25 @@ for platform in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manyl
     platforms+=(--platform "${platform}_x86_64")
 done
 log "downloading the wheels into $cache/wheels (about 4 GB the first time; kept for later runs)"
+# (pip's warnings about this machine's own extra index folders are noise here: filtered.)
 "$python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --python-version 3.11 \
-    --implementation cp --abi cp311 "${platforms[@]}" --dest "$cache/wheels" "${packages[@]}"
+    --implementation cp --abi cp311 "${platforms[@]}" --dest "$cache/wheels" "${packages[@]}" \
+    2> >(grep -v '^WARNING: Location .* is ignored' >&2)
 
 # 3. Install them offline in a container, then commit it with the real base's configuration.
 "$DOCKER" run --name "$container" --network none --volume "$cache/wheels:/wheels:ro" "$os_image" \
     /bin/sh -c "python3 -m venv /opt/conda \
         && /opt/conda/bin/python -m pip install --quiet --no-index --find-links /wheels ${packages[*]} \
         && rm -rf /root/.cache"
-"$DOCKER" commit \
-    --change 'ENV PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV NVIDIA_VISIBLE_DEVICES=all' \
-    --change 'ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility' \
-    --change 'ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64' \
-    --change "ENV PYTORCH_VERSION=$torch" \
-    --change 'LABEL com.nvidia.volumes.needed=nvidia_driver' \
-    --change "LABEL org.birdsed.standin=$target org.birdsed.standin.key=$key" \
-    --change 'WORKDIR /workspace' \
-    --change 'CMD ["/bin/bash"]' \
-    "$container" "$standin" >/dev/null
+commit_args=()
+for change in "${changes[@]}" "LABEL org.birdsed.standin=$target org.birdsed.standin.key=$key"; do
+    commit_args+=(--change "$change")
+done
+"$DOCKER" commit "${commit_args[@]}" "$container" "$standin" >/dev/null
 "$DOCKER" tag "$standin" "$target"
 # Stand-ins of earlier pins or recipes are dead weight (gigabytes each): remove them.
-"$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}' birdsed-standin | grep -v -x "$standin" |
-    xargs -r "$DOCKER" image rm >/dev/null || true
+{
+    "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}' birdsed-standin | grep -v -x "$standin"
+    "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}' birdsed-standin-os | grep -v -x "$os_image"
+} | xargs -r "$DOCKER" image rm >/dev/null 2>&1 || true
 log "stand-in base ready in $((SECONDS - started)) s: $standin, tagged $target"

@@ -46,6 +46,7 @@ skip() {
     printf '\n%s\nSKIPPED: %s: %s\n%s\n\n' "$(printf '!%.0s' {1..78})" "$1" "$2" "$(printf '!%.0s' {1..78})" >&2
 }
 timing() { results+=("TIME  $*"); }
+seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
 
 cleanup() {
     local status=$?
@@ -172,14 +173,14 @@ run_job() {
         -v "$job/input:/opt/ml/input" -v "$job/model:/opt/ml/model" -v "$job/output:/opt/ml/output" \
         -v "$job/checkpoints:/opt/ml/checkpoints" "$image" "$@" >"$job/log" 2>&1 || status=$?
     local total
-    total=$(bc <<<"$EPOCHREALTIME - $start")
+    total=$(seconds_between "$start" "$EPOCHREALTIME")
     while IFS= read -r line; do
         stamp=${line%% *}
         if [[ -z $first_line && $line == *" birdsed."* ]]; then first_line=$stamp; fi
         if [[ -z $first_epoch && $line == *" epoch="* ]]; then first_epoch=$stamp; fi
     done < <("$DOCKER" logs --timestamps "$name" 2>&1)
     "$DOCKER" rm -f "$name" >/dev/null 2>&1 || true
-    elapsed() { [[ -n $1 ]] && bc <<<"$(date -d "$1" +%s.%N) - $start" | awk '{printf "%.1f", $1}' || echo "?"; }
+    elapsed() { if [[ -n $1 ]]; then seconds_between "$start" "$(date -d "$1" +%s.%N)"; else echo "?"; fi; }
     printf 'first_line=%s\nfirst_epoch=%s\ntotal=%.1f\n' "$(elapsed "$first_line")" "$(elapsed "$first_epoch")" \
         "$total" >"$job/timing"
     echo "$status"
@@ -338,7 +339,7 @@ if ! "$DOCKER" logs "$name" 2>&1 | grep -q '^epoch='; then
 else
     stop_started=$EPOCHREALTIME
     "$DOCKER" stop -t 30 "$name" >/dev/null
-    stop_seconds=$(bc <<<"$EPOCHREALTIME - $stop_started" | awk '{printf "%.1f", $1}')
+    stop_seconds=$(seconds_between "$stop_started" "$EPOCHREALTIME")
     code=$("$DOCKER" inspect --format '{{.State.ExitCode}}' "$name")
     forwarded=$("$DOCKER" logs "$name" 2>&1 | grep -c 'received SIGTERM' || true)
     if [[ $code -eq 137 ]]; then
@@ -382,6 +383,14 @@ else
     fi
     timing "SDK local mode job: $((SECONDS - local_started)) s"
 fi
+
+# Earlier builds' revision tags would keep their layers (and old bases) alive: keep this build only.
+current=$("$DOCKER" image inspect --format '{{.Id}}' "$image")
+"$DOCKER" image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}' "$IMAGE_NAME" | while read -r tag id; do
+    if [[ $tag == "$IMAGE_NAME:$(project_version)-"* && $current != *"$id"* ]]; then
+        "$DOCKER" image rm "$tag" >/dev/null 2>&1 || true
+    fi
+done
 
 # --------------------------------------------------------------------------------------------
 timing "docker/test_image.sh total: $((SECONDS - started_all)) s"
