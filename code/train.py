@@ -6,8 +6,9 @@ way; see README.md for the hyperparameters.
 
 import os
 import sys
+from pathlib import Path
 
 from birdsed.job import main
 
 if __name__ == "__main__":
-    sys.exit(main(os.environ, sys.argv[1:]))
+    sys.exit(main(os.environ, sys.argv[1:], script=Path(__file__).resolve()))

@@ -15,15 +15,38 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIR = REPO_ROOT / "code"
 
+# A job small enough to train in seconds on a CPU, with real structure (a tiny timm EfficientNet at
+# 16 kHz): the tests, the memory profile and the image smoke test use it.
+TINY_HYPERPARAMETERS = {
+    "backbone": "test_efficientnet",
+    "sample_rate": 16000,
+    "fmax": 8000,
+    "n_mels": 48,
+    "n_fft": 1024,
+    "hop_length": 256,
+    "duration": 3,
+    "batch_size": 16,
+    "lr": 3e-3,
+}
 
-def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[str, object]) -> Path:
-    """Create `base` as an `/opt/ml` tree: config files, channel links, the code; returns `base`."""
+
+def layout(
+    base: Path,
+    channels: Mapping[str, Path],
+    hyperparameters: Mapping[str, object],
+    hosts: Sequence[str] = ("localhost",),
+    current_host: str = "localhost",
+) -> Path:
+    """Create `base` as an `/opt/ml` tree: config files, channel links, the code; returns `base`.
+
+    `hosts` and `current_host` describe a multi-host job (one tree per host); they must resolve.
+    """
     config_dir = base / "input" / "config"
     data_dir = base / "input" / "data"
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -32,11 +55,7 @@ def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[st
     _write_json(config_dir / "hyperparameters.json", {key: str(value) for key, value in hyperparameters.items()})
     _write_json(
         config_dir / "resourceconfig.json",
-        {
-            "current_host": "localhost",
-            "hosts": ["localhost"],
-            "network_interface_name": "lo",
-        },
+        {"current_host": current_host, "hosts": list(hosts), "network_interface_name": "lo"},
     )
     _write_json(
         config_dir / "inputdataconfig.json",

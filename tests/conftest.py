@@ -6,24 +6,14 @@ from pathlib import Path
 
 import pytest
 
+import local_job
 from birdsed.data.synthetic import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 
-# Small enough to train in seconds on a CPU, with real structure (tiny timm EfficientNet).
-FAST_HYPERPARAMETERS = {
-    "backbone": "test_efficientnet",
-    "sample_rate": 16000,
-    "fmax": 8000,
-    "n_mels": 48,
-    "n_fft": 1024,
-    "hop_length": 256,
-    "duration": 3,
-    "batch_size": 16,
-    "lr": 3e-3,
-    "num_workers": 0,
-}
+# Tiny models, no DataLoader workers: seconds per job on a CPU.
+FAST_HYPERPARAMETERS = {**local_job.TINY_HYPERPARAMETERS, "num_workers": 0}
 
 
 @pytest.fixture(scope="session")

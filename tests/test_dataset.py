@@ -5,7 +5,7 @@ import torch
 
 from birdsed.data.dataset import CropDataset
 from birdsed.data.metadata import Recordings
-from birdsed.data.sampler import WeightedEpochSampler
+from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 
 
 def recordings(tmp_path, seconds_list, rate=8000):
@@ -79,3 +79,21 @@ def test_sampler_is_reproducible_per_epoch_and_resumes_mid_epoch():
 def test_sampler_rejects_weights_that_cannot_be_sampled():
     with pytest.raises(ValueError):
         WeightedEpochSampler(np.zeros(3), num_samples=5, seed=0)
+
+
+def test_processes_draw_disjoint_shares_of_one_weighted_sample():
+    whole = WeightedEpochSampler(np.arange(1.0, 11.0), num_samples=20, seed=4)
+    shares = [WeightedEpochSampler(np.arange(1.0, 11.0), num_samples=20, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in [whole, *shares]:
+        sampler.set_epoch(1)
+    draws = list(whole)
+    assert list(shares[0]) == draws[0::2] and list(shares[1]) == draws[1::2]
+    uneven = [WeightedEpochSampler(np.ones(5), num_samples=7, seed=0, rank=r, world_size=3) for r in range(3)]
+    assert [len(sampler) for sampler in uneven] == [3, 3, 3]
+
+
+def test_validation_shards_are_equal_and_cover_every_item_once():
+    shards = [ShardSampler(7, rank, 3) for rank in range(3)]
+    assert [len(shard) for shard in shards] == [3, 3, 3]
+    real = sorted(index for shard in shards for index in shard.indices[: shard.real])
+    assert real == list(range(7))

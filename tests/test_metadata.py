@@ -30,10 +30,9 @@ def test_secondary_labels_parse_python_lists(value, expected):
     assert metadata.parse_secondary_labels(value) == expected
 
 
-def test_malformed_secondary_labels_are_ignored_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert metadata.parse_secondary_labels("[a, b") == []
-    assert "malformed secondary_labels" in caplog.text
+@pytest.mark.parametrize("value", ["[a, b", "{'a': 1}", "42", "['a'"])
+def test_malformed_secondary_labels_are_recognised(value):
+    assert metadata.parse_secondary_labels(value) is None
 
 
 def test_read_metadata_keeps_other_columns_and_makes_paths(tmp_path):
@@ -62,7 +61,7 @@ def test_unusable_metadata_is_a_data_error(tmp_path, text, reason):
 
 
 def test_ratings_fill_per_label_then_global_and_zero_counts_as_unrated():
-    data = frame([("a", "[]", 4), ("a", "[]", None), ("a", "[]", 2), ("b", "[]", 0), ("c", "[]", "x"), ("c", "[]", 5)])
+    data = frame([("a", "[]", 4), ("a", "[]", None), ("a", "[]", 2), ("b", "[]", 0), ("c", "[]", None), ("c", "[]", 5)])
     filled = metadata.fill_ratings(data)["rating"].tolist()
     global_mean = (4 + 2 + 5) / 3
     assert filled == pytest.approx([4, 3, 2, global_mean, 5, 5])
@@ -115,3 +114,42 @@ def test_rating_weights_follow_rating_with_mean_one():
     data = frame([("a", "[]", 5), ("a", "[]", 2.5), ("a", "[]", 0.5)])
     weights = metadata.rating_weights(data)
     np.testing.assert_allclose(weights, np.array([1.0, 0.5, 0.2]) / np.mean([1.0, 0.5, 0.2]), rtol=1e-6)
+
+
+CATALOGUE = """primary_label,secondary_labels,rating,filename
+abc1,"['xyz2']",4,abc1/XC1.ogg
+abc1,[a b,5,abc1/XC2.ogg
+abc1,[],7,abc1/XC3.ogg
+abc1,[],very good,abc1/XC4.ogg
+abc1,[],3,abc1/XC1.ogg
+,[],3,abc1/XC5.ogg
+abc1,[],3,
+abc1,[],3,../../etc/passwd
+abc1,[],3,/etc/passwd
+ Xyz2 ,[],-1,xyz2/XC6.ogg
+xyz2,[],2.5,xyz2/XC7.ogg
+"""
+
+
+def test_odd_metadata_rows_are_dropped_or_normalised_and_logged(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        data = metadata.read_metadata(write_csv(tmp_path, CATALOGUE))
+    assert list(data["filename"]) == [f"abc1/XC{n}.ogg" for n in (1, 2, 3, 4)] + ["xyz2/XC6.ogg", "xyz2/XC7.ogg"]
+    assert list(data["primary_label"]) == ["abc1"] * 4 + ["Xyz2", "xyz2"]
+    assert data.loc[1, "secondary_labels"] == []
+    assert data["rating"].isna().tolist() == [False, False, True, True, True, False]
+    text = caplog.text
+    assert "Dropped 1 metadata row(s): no primary_label" in text
+    assert "Dropped 1 metadata row(s): no filename" in text
+    assert "Dropped 2 metadata row(s): filename outside train_audio/" in text
+    assert "Dropped 1 metadata row(s): repeated filename (first row kept)" in text
+    assert "1 malformed secondary_labels value(s) read as []" in text
+    assert "3 rating(s) not a number from 0 to 5: treated as unrated" in text
+    assert "differ only in case" in text
+    assert "2 class(es) have a single recording" in text
+
+
+def test_metadata_without_any_usable_row_is_a_data_error(tmp_path):
+    root = write_csv(tmp_path, "primary_label,secondary_labels,rating,filename\n,[],3,a/1.ogg\nb,[],3,../x.ogg\n")
+    with pytest.raises(DataError, match="has no usable rows"):
+        metadata.read_metadata(root)

@@ -65,7 +65,7 @@ def test_restart_resumes_from_the_checkpoint(tmp_path, synthetic_dataset):
     assert first.returncode == 0, first.stdout[-3000:]
     second = run_job(tmp_path, {"train": synthetic_dataset}, epochs=3)
     assert second.returncode == 0, second.stdout[-3000:]
-    assert "Resumed at epoch=2" in second.stdout
+    assert "Resumed at epoch=3 batch=0" in second.stdout
     assert [line.split()[0] for line in second.stdout.splitlines() if line.startswith("epoch=")] == ["epoch=3"]
     history = json.loads((tmp_path / "output" / "data" / "metrics.json").read_text())["history"]
     assert [record["epoch"] for record in history] == [1, 2, 3]

@@ -64,6 +64,7 @@ class OptimConfig:
     min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0))
     max_grad_norm: float = field(default=5.0, metadata=_range(0.0))
     max_steps: int = field(default=0, metadata=_range(0))
+    nonfinite_patience: int = field(default=10, metadata=_range(1, 100000))
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class RunConfig:
     amp: Literal["auto", "off"] = "auto"
     seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
     checkpoint_keep: int = field(default=3, metadata=_range(1, 1000))
+    nproc_per_node: int = field(default=0, metadata=_range(0, 64))  # 0: one per GPU, 1 without GPUs
+    sync_batchnorm: bool = False
 
 
 @dataclass(frozen=True)

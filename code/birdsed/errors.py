@@ -15,3 +15,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """The dataset cannot be used as given."""
+
+
+class DivergenceError(UserError):
+    """Training produced non-finite losses for too many consecutive steps."""
+
+
+class TrainingStopped(Exception):
+    """The job was asked to stop (SIGTERM) and saved its state; a restart resumes from it."""

@@ -8,27 +8,44 @@ the first 1,024 characters, so the message comes first) and exits 2.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from birdsed import config, logs, sm_env
-from birdsed.errors import UserError
+import torch
+
+from birdsed import config, logs, sm_env, torchrun
+from birdsed.errors import TrainingStopped, UserError
 from birdsed.training.run import run
 
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 
 
-def main(environ: Mapping[str, str], argv: Sequence[str]) -> int:
+def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_SCRIPT) -> int:
     logs.configure()
     output_dir = sm_env.output_dir_from(environ)
     try:
         env = sm_env.from_environ(environ, argv)
+        logs.configure(rank=env.process.rank)
         cfg = config.from_hyperparameters(env.hyperparameters)
         logger.info("hyperparameters: %s", cfg.hyperparameters())
+        launch = torchrun.command(cfg, env, torch.cuda.device_count(), script, argv)
+        if launch:
+            logger.info("Starting %s", " ".join(launch))
+            logging.shutdown()
+            launch_environ = {**environ, **torchrun.network_environment(env, environ)}
+            os.execve(launch[0], launch, launch_environ)  # torchrun takes over this process: its exit is the job's
         run(cfg, env)
+    except TrainingStopped as stopped:
+        logger.warning("%s", stopped)
+        sm_env.write_failure(output_dir, str(stopped))
+        return EXIT_STOPPED
     except UserError as error:
         logger.error("%s", error)
         sm_env.write_failure(output_dir, str(error))

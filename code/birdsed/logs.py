@@ -8,10 +8,16 @@ import sys
 METRICS_LOGGER = "birdsed.metrics"
 
 
-def configure(level: int = logging.INFO) -> None:
-    """Timestamps and module names for people; the epoch metric line exactly as CloudWatch expects."""
+def configure(rank: int = 0) -> None:
+    """Timestamps and module names for people; the epoch metric line exactly as CloudWatch expects.
+
+    Only the first process logs information and metrics; the others report warnings and errors,
+    tagged with their rank.
+    """
+    level = logging.INFO if rank == 0 else logging.WARNING
+    prefix = "" if rank == 0 else f"[rank {rank}] "
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s: {prefix}%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -20,4 +26,4 @@ def configure(level: int = logging.INFO) -> None:
     metrics = logging.getLogger(METRICS_LOGGER)
     metrics.handlers[:] = [metrics_handler]
     metrics.propagate = False
-    metrics.setLevel(logging.INFO)
+    metrics.setLevel(level)

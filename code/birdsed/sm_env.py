@@ -20,6 +20,19 @@ BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 FAILURE_FILE = "failure"
 # SageMaker shows the first 1,024 characters of the failure file in the console.
 FAILURE_SHOWN_CHARS = 1024
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class ProcessGroupEnv:
+    """This process's place among the training processes, as torchrun describes it (RANK, WORLD_SIZE, ...)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1  # training processes on this host
+    under_torchrun: bool = False  # torchrun (ours or the SDK's) started this process
+    master_port: int = DEFAULT_MASTER_PORT
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,8 @@ class SageMakerEnv:
     hosts: tuple[str, ...] = ("localhost",)
     current_host: str = "localhost"
     num_gpus: int = 0
+    network_interface: str | None = None  # e.g. eth0: the interface between the job's hosts
+    process: ProcessGroupEnv = field(default_factory=ProcessGroupEnv)
 
     def channel(self, name: str) -> Path | None:
         """The directory of an input channel, or None when the job has no such channel."""
@@ -70,6 +85,19 @@ def from_environ(environ: Mapping[str, str], argv: Sequence[str] = ()) -> SageMa
         hosts=hosts,
         current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
         num_gpus=int(environ.get("SM_NUM_GPUS", "0") or 0),
+        network_interface=environ.get("SM_NETWORK_INTERFACE_NAME") or None,
+        process=_process_group(environ),
+    )
+
+
+def _process_group(environ: Mapping[str, str]) -> ProcessGroupEnv:
+    return ProcessGroupEnv(
+        rank=int(environ.get("RANK", "0")),
+        local_rank=int(environ.get("LOCAL_RANK", "0")),
+        world_size=int(environ.get("WORLD_SIZE", "1")),
+        local_world_size=int(environ.get("LOCAL_WORLD_SIZE", "1")),
+        under_torchrun="TORCHELASTIC_RUN_ID" in environ or "LOCAL_RANK" in environ,
+        master_port=int(environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
     )
 
 
@@ -129,6 +157,6 @@ def write_failure(output_dir: Path, reason: str) -> None:
     failure_file = output_dir / FAILURE_FILE
     if failure_file.exists():
         return
-    temporary = output_dir / (FAILURE_FILE + ".tmp")
+    temporary = output_dir / f"{FAILURE_FILE}.tmp-{os.getpid()}"
     temporary.write_text(reason.strip() + "\n", encoding="utf-8")
     os.replace(temporary, failure_file)

@@ -16,7 +16,7 @@ from birdsed.config import Config
 from birdsed.data import metadata
 from birdsed.data.audio import AudioInfo, probe_many
 from birdsed.data.dataset import CropDataset
-from birdsed.data.sampler import WeightedEpochSampler
+from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -92,15 +92,18 @@ def _dataset(cfg: Config, frame: pd.DataFrame, labels: list[str]) -> CropDataset
     return CropDataset(recordings, seconds, cfg.data.sample_rate, cfg.data.duration)
 
 
-def resolve_num_workers(requested: int) -> int:
-    """-1 means one worker per CPU the process may use."""
+def resolve_num_workers(requested: int, processes_per_node: int = 1) -> int:
+    """-1 means the CPUs this host may use, shared between its training processes."""
     if requested >= 0:
         return requested
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // processes_per_node)
 
 
-def train_loader(data: TrainingData, cfg: Config, sampler: WeightedEpochSampler, pin_memory: bool) -> DataLoader:
-    workers = resolve_num_workers(cfg.data.num_workers)
+def train_loader(
+    data: TrainingData, cfg: Config, sampler: WeightedEpochSampler, pin_memory: bool, processes_per_node: int = 1
+) -> DataLoader:
+    workers = resolve_num_workers(cfg.data.num_workers, processes_per_node)
     return DataLoader(
         data.train,
         batch_size=cfg.optim.batch_size,
@@ -110,22 +113,34 @@ def train_loader(data: TrainingData, cfg: Config, sampler: WeightedEpochSampler,
         drop_last=False,
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        generator=_loader_generator(cfg),
     )
 
 
-def validation_loader(data: TrainingData, cfg: Config, pin_memory: bool) -> DataLoader:
-    workers = resolve_num_workers(cfg.data.num_workers)
+def validation_loader(
+    data: TrainingData, cfg: Config, sampler: ShardSampler, pin_memory: bool, processes_per_node: int = 1
+) -> DataLoader:
+    workers = resolve_num_workers(cfg.data.num_workers, processes_per_node)
     return DataLoader(
         data.validation,
         batch_size=cfg.optim.batch_size,
-        shuffle=False,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
+        generator=_loader_generator(cfg),
     )
 
 
-def make_sampler(data: TrainingData, cfg: Config) -> WeightedEpochSampler:
-    return WeightedEpochSampler(data.sampler_weights, num_samples=len(data.train), seed=cfg.run.seed)
+def _loader_generator(cfg: Config) -> torch.Generator:
+    # Worker seeds come from this generator, not the global RNG, so starting a DataLoader
+    # iterator (every epoch, and once more on a mid-epoch resume) does not shift dropout's RNG.
+    return torch.Generator().manual_seed(cfg.run.seed)
+
+
+def make_sampler(data: TrainingData, cfg: Config, rank: int = 0, world_size: int = 1) -> WeightedEpochSampler:
+    return WeightedEpochSampler(
+        data.sampler_weights, num_samples=len(data.train), seed=cfg.run.seed, rank=rank, world_size=world_size
+    )
 
 
 def class_weight_tensor(data: TrainingData) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -46,8 +46,34 @@ class Recordings:
 
 
 def read_metadata(channel_dir: Path) -> pd.DataFrame:
-    """Read and normalise `train_metadata.csv` of a channel; paths are made absolute."""
+    """Read and normalise `train_metadata.csv` of a channel; paths are made absolute.
+
+    Rows that cannot be used (no label, no filename, a filename leaving `train_audio/`, a repeated
+    filename) are dropped and counted; odd values are normalised as documented in the README.
+    """
     csv_path = channel_dir / METADATA_FILE
+    frame = _load_csv(csv_path)
+    frame = _drop_unusable_rows(frame, csv_path)
+    secondary = frame["secondary_labels"].map(parse_secondary_labels)
+    malformed = frame["secondary_labels"][secondary.isna()]
+    if len(malformed):
+        logger.warning(
+            "%d malformed secondary_labels value(s) read as [] (e.g. %s)", len(malformed), list(malformed[:3])
+        )
+    rating = pd.to_numeric(frame["rating"], errors="coerce")
+    odd_ratings = int((frame["rating"].str.strip().ne("") & ~rating.between(0, MAX_RATING)).sum())
+    if odd_ratings:
+        logger.warning("%d rating(s) not a number from 0 to 5: treated as unrated", odd_ratings)
+    frame = frame.assign(
+        secondary_labels=secondary.map(lambda labels: labels or []),
+        rating=rating.where(rating.between(0, MAX_RATING)),
+        path=[channel_dir / AUDIO_DIR / name for name in frame["filename"]],
+    )
+    _log_label_oddities(frame)
+    return frame.reset_index(drop=True)
+
+
+def _load_csv(csv_path: Path) -> pd.DataFrame:
     if not csv_path.is_file():
         raise DataError(f"{csv_path} is missing: the channel must hold {METADATA_FILE} beside {AUDIO_DIR}/.")
     try:
@@ -61,37 +87,64 @@ def read_metadata(channel_dir: Path) -> pd.DataFrame:
         )
     if frame.empty:
         raise DataError(f"{csv_path} has no rows: there is nothing to train on.")
-    frame = frame.assign(
-        primary_label=frame["primary_label"].str.strip(),
-        filename=frame["filename"].str.strip(),
-        secondary_labels=frame["secondary_labels"].map(parse_secondary_labels),
-        rating=pd.to_numeric(frame["rating"], errors="coerce"),
-    )
-    frame["path"] = [channel_dir / AUDIO_DIR / name for name in frame["filename"]]
-    return frame.reset_index(drop=True)
+    return frame.assign(primary_label=frame["primary_label"].str.strip(), filename=frame["filename"].str.strip())
 
 
-def parse_secondary_labels(value: object) -> list[str]:
-    """`"['a', 'b']"` -> `['a', 'b']`; empty or malformed values give no secondary labels."""
+def _drop_unusable_rows(frame: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    reasons = pd.Series("", index=frame.index)
+    reasons[frame["primary_label"].eq("")] = "no primary_label"
+    reasons[frame["filename"].eq("") & reasons.eq("")] = "no filename"
+    escapes = frame["filename"].map(_leaves_audio_dir) & reasons.eq("")
+    reasons[escapes] = "filename outside train_audio/"
+    repeated = frame["filename"].duplicated(keep="first") & reasons.eq("")
+    reasons[repeated] = "repeated filename (first row kept)"
+    dropped = reasons.ne("")
+    for reason, count in reasons[dropped].value_counts().items():
+        examples = list(frame.loc[reasons.eq(reason), "filename"][:3])
+        logger.warning("Dropped %d metadata row(s): %s (e.g. %s)", count, reason, examples)
+    if dropped.all():
+        raise DataError(f"{csv_path} has no usable rows: every row lacks a label or a valid, unique filename.")
+    return frame[~dropped]
+
+
+def _leaves_audio_dir(filename: str) -> bool:
+    """Absolute paths and '..' would read files outside the channel's train_audio/."""
+    path = PurePosixPath(filename.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts
+
+
+def _log_label_oddities(frame: pd.DataFrame) -> None:
+    labels = pd.Series(frame["primary_label"].unique())
+    folded = labels.groupby(labels.str.casefold()).agg(list)
+    for variants in folded[folded.map(len) > 1]:
+        logger.warning("Labels %s differ only in case: they are distinct classes", variants)
+    singles = frame["primary_label"].value_counts()
+    singles = list(singles[singles == 1].index)
+    if singles:
+        logger.info(
+            "%d class(es) have a single recording: trained on, never validated (e.g. %s)", len(singles), singles[:5]
+        )
+
+
+def parse_secondary_labels(value: object) -> list[str] | None:
+    """`"['a', 'b']"` -> `['a', 'b']`; empty gives `[]`, malformed gives None."""
     text = str(value).strip()
     if not text or text in {"[]", "nan", "None"}:
         return []
     try:
         parsed = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        logger.warning("Ignoring malformed secondary_labels value %r", text)
-        return []
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
     if isinstance(parsed, str):
         parsed = [parsed]
     if not isinstance(parsed, (list, tuple)):
-        logger.warning("Ignoring malformed secondary_labels value %r", text)
-        return []
+        return None
     return [str(label).strip() for label in parsed if str(label).strip()]
 
 
 def fill_ratings(frame: pd.DataFrame) -> pd.DataFrame:
     """Fill unrated recordings with their label's mean rating, then the global mean, else 5."""
-    rating = frame["rating"].where((frame["rating"] > 0) & (frame["rating"] <= MAX_RATING))
+    rating = frame["rating"].where(frame["rating"] > 0)
     unrated = int(rating.isna().sum())
     by_label = rating.groupby(frame["primary_label"]).transform("mean")
     global_mean = rating.mean()

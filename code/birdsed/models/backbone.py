@@ -54,17 +54,21 @@ def resolve_weights(cfg: ModelConfig, channel_dir: Path | None) -> Path | None:
     return weights
 
 
+def check_backbone_name(name: str) -> None:
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"Unknown backbone '{name}': it is not a timm model name "
+            "(see timm.list_models(), e.g. tf_efficientnetv2_s.in21k, efficientnet_b0)."
+        )
+
+
 def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -> nn.Module:
     """A timm model returning feature maps `[B, C, F, T]` from `forward_features`.
 
     Weights load through timm's own loader (safetensors or `torch.load(weights_only=True)`), which
     drops the classifier and adapts the stem to `in_chans`.
     """
-    if not timm.is_model(cfg.backbone):
-        raise ConfigError(
-            f"Unknown backbone '{cfg.backbone}': it is not a timm model name "
-            "(see timm.list_models(), e.g. tf_efficientnetv2_s.in21k, efficientnet_b0)."
-        )
+    check_backbone_name(cfg.backbone)
     options = {"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
     try:
         model = timm.create_model(

@@ -65,8 +65,18 @@ def save_checkpoint(directory: Path, state: dict, step: int, keep: int) -> Path:
     return path
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files left by a process killed while writing (they were never renamed)."""
+    if not directory.is_dir():
+        return
+    for path in directory.glob(".*.tmp-*"):
+        logger.info("Removing %s, left by an interrupted write", path.name)
+        path.unlink(missing_ok=True)
+
+
 def load_latest_checkpoint(directory: Path) -> dict | None:
     """The newest checkpoint that loads; corrupt or truncated ones are reported and passed over."""
+    remove_stale_temporaries(directory)
     for path in reversed(list_checkpoints(directory)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,28 +1,39 @@
-"""A whole training job: data, model, resume, the epoch loop, checkpoints and outputs."""
+"""A whole training job: data, model, resume, the epoch loop, checkpoints and outputs.
+
+With several processes (torchrun) every process runs this; only the first writes checkpoints
+and outputs, and all of them resume from the checkpoint the first one reads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
-from pathlib import Path
+import resource
+from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import torch
+from torch.utils.data import DataLoader
 
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
-from birdsed.errors import DataError
+from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
+from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
 from birdsed.models import create_model
-from birdsed.models.backbone import resolve_weights
+from birdsed.models.backbone import check_backbone_name, resolve_weights
 from birdsed.optim import create_optimizer, create_scheduler
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import outputs
+from birdsed.training import distributed, outputs
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
+from birdsed.training.distributed import Distributed, unwrap
 from birdsed.training.loop import Progress, Trainer, evaluate, train_one_epoch
+from birdsed.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
 metrics_logger = logging.getLogger("birdsed.metrics")
@@ -30,37 +41,70 @@ metrics_logger = logging.getLogger("birdsed.metrics")
 BEST_WEIGHTS_FILE = "best_model.pt"
 
 
+@dataclass
+class Job:
+    """Everything one training process works with, built once."""
+
+    cfg: Config
+    env: SageMakerEnv
+    data: loaders.TrainingData
+    trainer: Trainer
+    sampler: WeightedEpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    truth: np.ndarray
+
+    @property
+    def distributed(self) -> Distributed:
+        return self.trainer.distributed
+
+
 def run(cfg: Config, env: SageMakerEnv) -> dict:
     """Train as configured; returns the best epoch's record."""
+    group = distributed.setup(env.process)
+    try:
+        job = build_job(cfg, env, group)
+        progress = resume(job)
+        with StopRequest() as stop:
+            train_epochs(job, progress, stop)
+        return finish(job, progress)
+    finally:
+        distributed.teardown()
+
+
+def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     seed_everything(cfg.run.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
+    # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
+    check_backbone_name(cfg.model.backbone)
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
-    model = create_model(cfg, len(data.labels), weights).to(device)
-    steps_per_epoch = optimizer_steps_per_epoch(len(data.train), cfg)
-    trainer = build_trainer(cfg, model, data, device, steps_per_epoch)
-    progress = resume(trainer, env.checkpoint_dir, data.labels, cfg)
+    data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
+    model = group.wrap(create_model(cfg, len(data.labels), weights).to(group.device), cfg.run.sync_batchnorm)
+    # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
+    seed_everything(cfg.run.seed + group.rank)
+    trainer = build_trainer(cfg, model, data, group)
     logger.info(
-        "world_size=1 device=%s amp=%s parameters=%d steps_per_epoch=%d",
-        device,
+        "world_size=%d device=%s amp=%s parameters=%d batches_per_epoch=%d effective_batch_size=%d",
+        group.world_size,
+        group.device,
         trainer.precision.dtype,
         sum(p.numel() for p in model.parameters()),
-        steps_per_epoch,
+        trainer.batches_per_epoch,
+        cfg.optim.batch_size * cfg.optim.grad_accum_steps * group.world_size,
     )
-    sampler = loaders.make_sampler(data, cfg)
-    train_loader = loaders.train_loader(data, cfg, sampler, pin_memory=device.type == "cuda")
-    val_loader = loaders.validation_loader(data, cfg, pin_memory=device.type == "cuda")
-    truth = primary_truth(data.validation, data.labels)
-    for epoch in range(progress.epoch, cfg.optim.epochs):
-        if trainer.limit_reached(progress):
-            break
-        sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(trainer, train_loader, progress)
-        result = evaluate(trainer, val_loader, truth)
-        record = epoch_record(epoch, train_loss, result, trainer.optimizer.param_groups[0]["lr"])
-        metrics_logger.info(format_metrics(record))
-        end_of_epoch(trainer, progress, record, env.checkpoint_dir, cfg, data.labels)
-    return finish(trainer, progress, env, cfg, data.labels)
+    sampler = loaders.make_sampler(data, cfg, group.rank, group.world_size)
+    pin_memory = group.device.type == "cuda"
+    per_node = env.process.local_world_size
+    val_sampler = ShardSampler(len(data.validation), group.rank, group.world_size)
+    return Job(
+        cfg=cfg,
+        env=env,
+        data=data,
+        trainer=trainer,
+        sampler=sampler,
+        train_loader=loaders.train_loader(data, cfg, sampler, pin_memory, per_node),
+        val_loader=loaders.validation_loader(data, cfg, val_sampler, pin_memory, per_node),
+        truth=primary_truth(data.validation, data.labels),
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -69,27 +113,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_steps_per_epoch(train_items: int, cfg: Config) -> int:
-    batches = math.ceil(train_items / cfg.optim.batch_size)
-    return math.ceil(batches / cfg.optim.grad_accum_steps)
-
-
-def build_trainer(
-    cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, device: torch.device, steps_per_epoch: int
-) -> Trainer:
-    precision = mixed_precision(cfg.run.amp, device)
+def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, group: Distributed) -> Trainer:
+    precision = mixed_precision(cfg.run.amp, group.device)
     optimizer = create_optimizer(model, cfg.optim)
+    batches = math.ceil(len(data.train) / (cfg.optim.batch_size * group.world_size))
+    steps_per_epoch = math.ceil(batches / cfg.optim.grad_accum_steps)
     return Trainer(
         model=model,
-        loss_fn=create_loss(cfg.loss, loaders.class_weight_tensor(data)).to(device),
+        loss_fn=create_loss(cfg.loss, loaders.class_weight_tensor(data)).to(group.device),
         optimizer=optimizer,
         scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch),
         scaler=precision.grad_scaler(),
         precision=precision,
-        device=device,
+        device=group.device,
+        batches_per_epoch=batches,
         grad_accum_steps=cfg.optim.grad_accum_steps,
         max_grad_norm=cfg.optim.max_grad_norm,
         max_steps=cfg.optim.max_steps,
+        nonfinite_patience=cfg.optim.nonfinite_patience,
+        distributed=group,
     )
 
 
@@ -100,6 +142,25 @@ def primary_truth(dataset: CropDataset, labels: list[str]) -> np.ndarray:
     for row, label in enumerate(dataset.recordings.primary_labels):
         truth[row, index[label]] = 1
     return truth
+
+
+def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
+    """The epoch loop; on a stop request it checkpoints where it is and raises `TrainingStopped`."""
+    trainer, cfg = job.trainer, job.cfg
+    for epoch in range(progress.epoch, cfg.optim.epochs):
+        if trainer.limit_reached(progress):
+            break
+        if epoch != progress.epoch:
+            progress.start_epoch(epoch)
+        job.sampler.set_epoch(epoch, start=progress.batches_done * cfg.optim.batch_size)
+        stopped = train_one_epoch(trainer, job.train_loader, progress, stop)
+        result = None if stopped else evaluate(trainer, job.val_loader, job.truth, stop)
+        if result is None:
+            stop_here(job, progress, stop)
+        record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        metrics_logger.info(format_metrics(record))
+        end_of_epoch(job, progress, record)
+        log_memory(epoch)
 
 
 def epoch_record(epoch: int, train_loss: float, result: dict, lr: float) -> dict:
@@ -121,35 +182,59 @@ def format_metrics(record: dict) -> str:
     )
 
 
-def end_of_epoch(
-    trainer: Trainer, progress: Progress, record: dict, checkpoint_dir: Path, cfg: Config, labels: list[str]
-) -> None:
+def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     """Record the epoch, keep the best weights, write a checkpoint."""
     progress.history.append(record)
-    progress.epoch = record["epoch"]
+    progress.start_epoch(record["epoch"])
     score = record["val_cmap"]
     # Without validation data there is no "best": the latest weights are kept.
-    if math.isnan(score) or score > progress.best_score:
+    improved = math.isnan(score) or score > progress.best_score
+    if improved:
         progress.best_score = -math.inf if math.isnan(score) else score
-        atomic_save(trainer.model.state_dict(), checkpoint_dir / BEST_WEIGHTS_FILE)
-    state = checkpoint_state(trainer, progress, cfg, labels)
-    save_checkpoint(checkpoint_dir, state, progress.step, cfg.run.checkpoint_keep)
+    state = checkpoint_state(job, progress)  # collective: every process contributes its RNG state
+    if job.distributed.is_main:
+        if improved:
+            atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+        save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
 
 
-def checkpoint_state(trainer: Trainer, progress: Progress, cfg: Config, labels: list[str]) -> dict:
+def stop_here(job: Job, progress: Progress, stop: StopRequest) -> None:
+    state = checkpoint_state(job, progress)
+    if job.distributed.is_main:
+        save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
+    raise TrainingStopped(
+        f"Training was stopped by {stop.signal_name or 'a signal to another process'} during epoch "
+        f"{progress.epoch + 1} at step {progress.step}; its state was saved to the checkpoint directory and a "
+        "restarted job resumes from there. No model was written."
+    )
+
+
+def log_memory(epoch: int) -> None:
+    """Resident memory of this process and its DataLoader workers, to show it stays flat."""
+    process = psutil.Process()
+    workers = sum(child.memory_info().rss for child in process.children(recursive=True))
+    logger.info(
+        "memory epoch=%d rss_mb=%.0f workers_rss_mb=%.0f peak_rss_mb=%.0f",
+        epoch + 1,
+        process.memory_info().rss / 2**20,
+        workers / 2**20,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def checkpoint_state(job: Job, progress: Progress) -> dict:
     """Everything needed to continue exactly; only tensors and plain values (weights_only loads it)."""
+    trainer = job.trainer
     return {
-        "model": trainer.model.state_dict(),
+        "model": unwrap(trainer.model).state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "best_score": progress.best_score,
-        "history": progress.history,
-        "labels": labels,
-        "config": cfg.to_dict(),
-        "rng": rng_state(),
+        "progress": dataclasses.asdict(progress),
+        "labels": job.data.labels,
+        "config": job.cfg.to_dict(),
+        "world_size": job.distributed.world_size,
+        "rng": job.distributed.gather(rng_state()),  # one entry per process, in rank order
     }
 
 
@@ -172,43 +257,55 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume(trainer: Trainer, checkpoint_dir: Path, labels: list[str], cfg: Config) -> Progress:
-    """Continue from the newest loadable checkpoint, if any."""
-    state = load_latest_checkpoint(checkpoint_dir)
+def resume(job: Job) -> Progress:
+    """Continue from the newest loadable checkpoint (the first process reads it, all use it)."""
+    state = load_latest_checkpoint(job.env.checkpoint_dir) if job.distributed.is_main else None
+    state = job.distributed.broadcast(state)
     if state is None:
         return Progress()
-    if state["labels"] != labels:
-        raise DataError(
-            f"The checkpoints in {checkpoint_dir} were made for {len(state['labels'])} other classes; "
-            "this dataset's labels differ. Use a new checkpoint location for a different dataset."
-        )
-    saved_model = state["config"]["model"]
-    if (saved_model["backbone"], saved_model["head"]) != (cfg.model.backbone, cfg.model.head):
-        raise DataError(
-            f"The checkpoints in {checkpoint_dir} are for backbone={saved_model['backbone']} "
-            f"head={saved_model['head']}; this job asks for backbone={cfg.model.backbone} "
-            f"head={cfg.model.head}. Use a new checkpoint location or the same model."
-        )
-    trainer.model.load_state_dict(state["model"])
+    check_compatible(state, job)
+    trainer = job.trainer
+    unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
-    logger.info("Resumed at epoch=%d step=%d", state["epoch"], state["step"])
-    return Progress(
-        epoch=state["epoch"], step=state["step"], best_score=state["best_score"], history=list(state["history"])
-    )
+    # The same number of processes continues exactly; a different number continues from the same
+    # weights and position with fresh per-process randomness.
+    if state["world_size"] == job.distributed.world_size:
+        restore_rng_state(state["rng"][job.distributed.rank])
+    progress = Progress(**state["progress"])
+    logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
+    return progress
 
 
-def finish(trainer: Trainer, progress: Progress, env: SageMakerEnv, cfg: Config, labels: list[str]) -> dict:
+def check_compatible(state: dict, job: Job) -> None:
+    directory, cfg = job.env.checkpoint_dir, job.cfg
+    if state["labels"] != job.data.labels:
+        raise DataError(
+            f"The checkpoints in {directory} were made for {len(state['labels'])} other classes; "
+            "this dataset's labels differ. Use a new checkpoint location for a different dataset."
+        )
+    saved = state["config"]["model"]
+    if (saved["backbone"], saved["head"]) != (cfg.model.backbone, cfg.model.head):
+        raise DataError(
+            f"The checkpoints in {directory} are for backbone={saved['backbone']} head={saved['head']}; this job "
+            f"asks for backbone={cfg.model.backbone} head={cfg.model.head}. Use a new checkpoint location or the "
+            "same model."
+        )
+
+
+def finish(job: Job, progress: Progress) -> dict:
     """Write the best weights, labels and config to the model dir, and the metrics history."""
+    best = best_record(progress.history)
+    if not job.distributed.is_main:
+        return best or {}
+    env = job.env
     best_path = env.checkpoint_dir / BEST_WEIGHTS_FILE
     if best_path.is_file():
         weights = torch.load(best_path, map_location="cpu", weights_only=True)
     else:
-        weights = trainer.model.state_dict()
-    outputs.write_model_dir(env.model_dir, weights, labels, cfg)
-    best = best_record(progress.history)
+        weights = unwrap(job.trainer.model).state_dict()
+    outputs.write_model_dir(env.model_dir, weights, job.data.labels, job.cfg)
     outputs.write_metrics(env.output_data_dir, progress.history, best)
     if best is not None:
         logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])

@@ -1,0 +1,107 @@
+"""Several training processes (torchrun): the process group and the few collectives the loop needs.
+
+With one process every method is a cheap no-op, so the loop reads the same either way.
+NCCL on GPUs, gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from birdsed.sm_env import ProcessGroupEnv
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """The first process of the first host: the only one that writes checkpoints and outputs."""
+        return self.rank == 0
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on any."""
+        if not self.enabled:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item())
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes (in place; returned for chaining)."""
+        if self.enabled:
+            dist.all_reduce(values)
+        return values
+
+    def gather(self, value: object) -> list[object]:
+        """Every process's `value`, in rank order, on every process."""
+        if not self.enabled:
+            return [value]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast(self, value: object) -> object:
+        """Rank 0's `value` on every process."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def wrap(self, model: nn.Module, sync_batchnorm: bool) -> nn.Module:
+        """DistributedDataParallel around `model` (SyncBatchNorm first if asked), or `model` itself."""
+        if not self.enabled:
+            return model
+        if sync_batchnorm:
+            from timm.layers import convert_sync_batchnorm  # timm's knows its fused BatchNormAct2d
+
+            model = convert_sync_batchnorm(model)
+        device_ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def setup(process: ProcessGroupEnv) -> Distributed:
+    """Join the process group torchrun describes (or stay alone) and pick this process's device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", process.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if process.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Distributed(process.rank, process.local_rank, process.world_size, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel, for state dicts and exports."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def assemble_rows(parts: list[tuple[list[int], np.ndarray]], total: int) -> np.ndarray:
+    """Rows gathered from processes as (dataset indices, rows) back in dataset order; padding duplicates collapse."""
+    width = next((rows.shape[1] for _, rows in parts if rows.size), 0)
+    result = np.zeros((total, width), dtype=np.float32)
+    for indices, rows in parts:
+        if len(indices):
+            result[np.asarray(indices)] = rows
+    return result
