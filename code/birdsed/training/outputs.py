@@ -42,5 +42,6 @@ def write_model_dir(model_dir: Path, state_dict: dict[str, torch.Tensor], labels
     write_json(model_dir / CONFIG_FILE, cfg.to_dict())
 
 
-def write_metrics(output_data_dir: Path, history: list[dict], best: dict | None) -> None:
-    write_json(output_data_dir / METRICS_FILE, {"history": history, "best": best})
+def write_metrics(output_data_dir: Path, history: list[dict], best: dict | None, summary: dict | None = None) -> None:
+    """The history, the best epoch, and `summary` entries (e.g. per-class AP, export status)."""
+    write_json(output_data_dir / METRICS_FILE, {"history": history, "best": best, **(summary or {})})

@@ -18,6 +18,7 @@ import psutil
 import torch
 from torch.utils.data import DataLoader
 
+from birdsed import export, reports
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
@@ -53,6 +54,7 @@ class Job:
     train_loader: DataLoader
     val_loader: DataLoader
     truth: np.ndarray
+    reporter: reports.Reporter | None  # TensorBoard and plots; only the process that writes outputs has one
 
     @property
     def distributed(self) -> Distributed:
@@ -104,7 +106,13 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
         train_loader=loaders.train_loader(data, cfg, sampler, pin_memory, per_node),
         val_loader=loaders.validation_loader(data, cfg, val_sampler, pin_memory, per_node),
         truth=primary_truth(data.validation, data.labels),
+        reporter=create_reporter(env, data) if group.is_main else None,
     )
+
+
+def create_reporter(env: SageMakerEnv, data: loaders.TrainingData) -> reports.Reporter:
+    train_counts = reports.class_counts(data.train.recordings.primary_labels, data.labels)
+    return reports.create_reporter(env.output_data_dir, data.labels, train_counts)
 
 
 def seed_everything(seed: int) -> None:
@@ -158,8 +166,12 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
         if result is None:
             stop_here(job, progress, stop)
         record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        # Kept in the history (so in every checkpoint): the best epoch's per-class AP survives a restart.
+        record["per_class_ap"] = reports.per_class_ap(job.truth, result["scores"])
         metrics_logger.info(format_metrics(record))
         end_of_epoch(job, progress, record)
+        if job.reporter:
+            job.reporter.log_epoch(record)
         log_memory(epoch)
 
 
@@ -305,8 +317,12 @@ def finish(job: Job, progress: Progress) -> dict:
         weights = torch.load(best_path, map_location="cpu", weights_only=True)
     else:
         weights = unwrap(job.trainer.model).state_dict()
-    outputs.write_model_dir(env.model_dir, weights, job.data.labels, job.cfg)
-    outputs.write_metrics(env.output_data_dir, progress.history, best)
+    labels = job.data.labels
+    outputs.write_model_dir(env.model_dir, weights, labels, job.cfg)
+    exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg)
+    summary = {"per_class_ap": reports.ap_by_label(labels, best), "export": exported}
+    outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
+    job.reporter.finish(progress.history, best)
     if best is not None:
         logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
     return best or {}
