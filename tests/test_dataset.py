@@ -12,8 +12,10 @@ def recordings(tmp_path, seconds_list, rate=8000):
     paths = []
     for number, seconds in enumerate(seconds_list):
         path = tmp_path / f"r{number}.wav"
-        # Each sample encodes its own position, so a crop reveals where it was cut.
-        sf.write(path, (np.arange(int(seconds * rate)) / (rate * 100)).astype(np.float32), rate, subtype="FLOAT")
+        # Each sample encodes its own position (in steps of 4 samples, from 1), so a crop reveals where it
+        # was cut; the values are exact in the int16 PCM that crops travel in.
+        positions = np.arange(int(seconds * rate)) // 4 + 1
+        sf.write(path, (positions / 32767).astype(np.float32), rate, subtype="FLOAT")
         paths.append(path)
     count = len(paths)
     return Recordings(
@@ -28,17 +30,17 @@ def recordings(tmp_path, seconds_list, rate=8000):
 def test_random_crops_have_fixed_length_and_depend_only_on_the_crop_seed(tmp_path):
     data = CropDataset(recordings(tmp_path, [10.0]), np.array([10.0]), sample_rate=8000, duration=2.0)
     first, again, other = data[(0, 123)], data[(0, 123)], data[(0, 456)]
-    assert first["waveform"].shape == (16000,)
+    assert first["waveform"].shape == (16000,) and first["waveform"].dtype == torch.int16
     torch.testing.assert_close(first["waveform"], again["waveform"])
     assert not torch.equal(first["waveform"], other["waveform"])
-    start = first["waveform"][0].item() * 100
+    start = (first["waveform"][0].item() - 1) * 4 / 8000
     assert 0 <= start <= 8.0
     assert first["target"].tolist() == [1.0] and first["weight"].item() == 1.0
 
 
 def test_validation_crops_start_at_the_beginning(tmp_path):
     data = CropDataset(recordings(tmp_path, [10.0]), np.array([10.0]), sample_rate=8000, duration=2.0)
-    assert data[0]["waveform"][0].item() == 0.0
+    assert data[0]["waveform"][0].item() == 1  # position 0
     torch.testing.assert_close(data[0]["waveform"], data[0]["waveform"])
 
 
@@ -46,8 +48,8 @@ def test_short_clips_are_padded_to_the_crop_length(tmp_path):
     data = CropDataset(recordings(tmp_path, [0.5]), np.array([0.5]), sample_rate=8000, duration=2.0)
     validation, training = data[0]["waveform"], data[(0, 7)]["waveform"]
     assert validation.shape == training.shape == (16000,)
-    assert (validation[:4000] > 0).sum() == 3999 and (validation[4000:] == 0).all()
-    assert (training != 0).sum() == 3999  # the clip sits somewhere in the window, zeros around it
+    assert (validation[:4000] > 0).all() and (validation[4000:] == 0).all()
+    assert (training != 0).sum() == 4000  # the clip sits somewhere in the window, zeros around it
 
 
 def test_an_unreadable_crop_gets_zero_weight_instead_of_killing_the_job(tmp_path, caplog):

@@ -14,7 +14,8 @@ from conftest import FAST_HYPERPARAMETERS
 
 pytestmark = pytest.mark.slow
 
-DDP_HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "batch_size": 8, "val_fraction": 0.3, "seed": 5}
+# Augmentation off: these tests are about learning together in few epochs (augmented: twice as many).
+DDP_HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "batch_size": 8, "val_fraction": 0.3, "seed": 5, "augment": "off"}
 
 
 def free_port() -> int:

@@ -29,7 +29,9 @@ def chance_cmap(truth, draws=200):
 
 
 def test_toolkit_trains_a_model_that_learns(tmp_path, synthetic_dataset):
-    completed = run_job(tmp_path, {"train": synthetic_dataset}, epochs=12, val_fraction=0.3, seed=5)
+    # Augmentation (on by default) trades early fit for generalisation: with it this tiny set needs about
+    # twice the epochs (measured: 24 epochs, val_cmap 0.996). This test is about the loop learning fast.
+    completed = run_job(tmp_path, {"train": synthetic_dataset}, epochs=12, val_fraction=0.3, seed=5, augment="off")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert (tmp_path / "output" / "success").exists()
     assert not (tmp_path / "output" / "failure").exists()

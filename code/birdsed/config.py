@@ -75,12 +75,61 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentations on the training device; each has a probability `*_p` per item and a range.
+
+    Defaults follow BirdCLEF practice (see README). `augment=off` switches every one off.
+    """
+
+    augment: Literal["on", "off"] = "on"
+    gain_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    gain_db_min: float = field(default=-6.0, metadata=_range(-40.0, 40.0))
+    gain_db_max: float = field(default=6.0, metadata=_range(-40.0, 40.0))
+    mix_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    mix_max_clips: int = field(default=3, metadata=_range(2, 3))
+    stretch_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    stretch_min: float = field(default=0.8, metadata=_range(0.25, 4.0))
+    stretch_max: float = field(default=1.25, metadata=_range(0.25, 4.0))
+    pitch_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    pitch_semitones_min: float = field(default=-2.0, metadata=_range(-12.0, 12.0))
+    pitch_semitones_max: float = field(default=2.0, metadata=_range(-12.0, 12.0))
+    background_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    background_snr_min: float = field(default=3.0, metadata=_range(-20.0, 60.0))
+    background_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
+    noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0))
+    noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
+    pink_noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    pink_noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0))
+    pink_noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
+    wave_mask_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    wave_mask_max_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    time_mask_p: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    time_mask_max_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    freq_mask_p: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    freq_mask_max_bins: int = field(default=16, metadata=_range(0, 512))
+
+
+# (low, high) hyperparameter pairs that must be ordered.
+AUGMENT_RANGES = (
+    ("gain_db_min", "gain_db_max"),
+    ("stretch_min", "stretch_max"),
+    ("pitch_semitones_min", "pitch_semitones_max"),
+    ("background_snr_min", "background_snr_max"),
+    ("noise_snr_min", "noise_snr_max"),
+    ("pink_noise_snr_min", "pink_noise_snr_max"),
+)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     amp: Literal["auto", "off"] = "auto"
     seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
     checkpoint_keep: int = field(default=3, metadata=_range(1, 1000))
     nproc_per_node: int = field(default=0, metadata=_range(0, 64))  # 0: one per GPU, 1 without GPUs
     sync_batchnorm: bool = False
+    # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +139,7 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, object]]:
@@ -219,4 +269,19 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             f"Hyperparameter 'duration' ({config.data.duration:g} s) is shorter than one FFT window "
             f"(n_fft={config.features.n_fft} samples at {config.data.sample_rate} Hz)."
+        )
+    _check_augment(config)
+
+
+def _check_augment(config: Config) -> None:
+    for low, high in AUGMENT_RANGES:
+        if getattr(config.augment, low) > getattr(config.augment, high):
+            raise ConfigError(
+                f"Hyperparameter '{low}' ({getattr(config.augment, low):g}) must not exceed "
+                f"'{high}' ({getattr(config.augment, high):g})."
+            )
+    if config.augment.freq_mask_max_bins > config.features.n_mels:
+        raise ConfigError(
+            f"Hyperparameter 'freq_mask_max_bins' ({config.augment.freq_mask_max_bins}) must not exceed "
+            f"n_mels ({config.features.n_mels})."
         )

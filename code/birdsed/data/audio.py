@@ -19,6 +19,8 @@ import torchaudio
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3", ".oga", ".opus")
+# Crops travel from the workers as 16-bit PCM (half the bytes of float32), full scale = this value.
+PCM_SCALE = 32767
 
 
 class AudioReadError(Exception):
@@ -127,6 +129,29 @@ def read_segment(path: Path, start_seconds: float, seconds: float | None, sample
     if not np.isfinite(mono).all():
         raise AudioReadError("non-finite samples")
     return resample(mono, native_rate, sample_rate)
+
+
+def to_pcm16(waveform: np.ndarray) -> tuple[np.ndarray, int]:
+    """float waveform -> (int16 samples, number of samples beyond [-1, 1] that had to be clipped)."""
+    clipped = int(np.count_nonzero(np.abs(waveform) > 1.0))
+    return np.round(np.clip(waveform, -1.0, 1.0) * PCM_SCALE).astype(np.int16), clipped
+
+
+def pcm16_to_float(samples: torch.Tensor) -> torch.Tensor:
+    """int16 PCM -> float32 in [-1, 1] (on whatever device the samples are)."""
+    return samples.float() * (1.0 / PCM_SCALE)
+
+
+@dataclass(frozen=True)
+class RawAudio:
+    """A crop source for `CropDataset`: seek + decode + resample the asked span of the original file."""
+
+    sample_rate: int
+
+    def read(self, path: Path, start: int, count: int) -> np.ndarray:
+        """int16 samples `[start, start + count)` at `sample_rate` (shorter at the end of the recording)."""
+        waveform = read_segment(path, start / self.sample_rate, count / self.sample_rate, self.sample_rate)
+        return to_pcm16(waveform)[0]
 
 
 def decode(path: Path, sample_rate: int) -> np.ndarray:

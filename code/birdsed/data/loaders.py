@@ -1,4 +1,8 @@
-"""From channels to DataLoaders: metadata, split, usable files, datasets, weighted sampling."""
+"""From channels to DataLoaders: metadata, split, usable files, datasets, weighted sampling.
+
+A channel holds either raw audio (probed here, crops decoded per item) or a waveform cache made by
+`code/prepare.py` (recognised by its `cache.json`; durations come from its index).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from birdsed.config import Config
-from birdsed.data import metadata
-from birdsed.data.audio import AudioInfo, probe_many
-from birdsed.data.dataset import CropDataset
+from birdsed.data import cache, metadata
+from birdsed.data.audio import AudioInfo, RawAudio, probe_many
+from birdsed.data.dataset import CropDataset, CropSource
 from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# Batches each worker keeps ready: enough to ride out a slow read (a cold S3-backed file).
+PREFETCH_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class TrainingData:
     labels: list[str]
     train: CropDataset
     validation: CropDataset
+    source: str  # "cache" or "raw": what the train channel holds
     sampler_weights: np.ndarray
     class_weights: np.ndarray
 
@@ -38,24 +46,33 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
             "The required 'train' channel is missing: give the job a 'train' input channel "
             "(S3 prefix holding train_metadata.csv and train_audio/)."
         )
-    frame = _usable(metadata.read_metadata(train_dir), "train")
+    frame, train_source = _channel(train_dir, "train", cfg.data.sample_rate)
     labels = metadata.build_vocabulary(frame)
     if validation_dir is not None:
-        train_frame, val_frame = frame, _usable(metadata.read_metadata(validation_dir), "validation")
+        train_frame, (val_frame, val_source) = frame, _channel(validation_dir, "validation", cfg.data.sample_rate)
         _check_known_labels(val_frame, labels)
     else:
         train_frame, val_frame = metadata.split_train_validation(frame, cfg.data.val_fraction, cfg.run.seed)
+        val_source = train_source
     train_frame, val_frame = metadata.fill_ratings(train_frame), metadata.fill_ratings(val_frame)
     logger.info(
         "classes=%d train_recordings=%d validation_recordings=%d", len(labels), len(train_frame), len(val_frame)
     )
     return TrainingData(
         labels=labels,
-        train=_dataset(cfg, train_frame, labels),
-        validation=_dataset(cfg, val_frame, labels),
+        train=_dataset(cfg, train_frame, labels, train_source),
+        validation=_dataset(cfg, val_frame, labels, val_source),
+        source="cache" if isinstance(train_source, cache.CachedWaveforms) else "raw",
         sampler_weights=metadata.sampling_weights(train_frame, labels),
         class_weights=metadata.class_weights(train_frame, labels),
     )
+
+
+def _channel(directory: Path, channel: str, sample_rate: int) -> tuple[pd.DataFrame, CropSource]:
+    """The usable recordings of a channel and the source their crops are read from."""
+    if cache.is_cache(directory):
+        return cache.usable_recordings(directory, channel, sample_rate), cache.CachedWaveforms()
+    return _usable(metadata.read_metadata(directory), channel), RawAudio(sample_rate)
 
 
 def _usable(frame: pd.DataFrame, channel: str) -> pd.DataFrame:
@@ -66,7 +83,7 @@ def _usable(frame: pd.DataFrame, channel: str) -> pd.DataFrame:
         if not isinstance(info, AudioInfo):
             logger.warning("Skipping %s: %s", path, info)
     skipped = len(frame) - sum(usable)
-    logger.info("channel=%s skipped_files=%d usable_files=%d", channel, skipped, sum(usable))
+    logger.info("channel=%s source=raw skipped_files=%d usable_files=%d", channel, skipped, sum(usable))
     if not any(usable):
         raise DataError(
             f"None of the {len(frame)} recordings listed in the '{channel}' channel's metadata could be "
@@ -86,10 +103,10 @@ def _check_known_labels(frame: pd.DataFrame, labels: list[str]) -> None:
         )
 
 
-def _dataset(cfg: Config, frame: pd.DataFrame, labels: list[str]) -> CropDataset:
+def _dataset(cfg: Config, frame: pd.DataFrame, labels: list[str], source: CropSource) -> CropDataset:
     recordings = metadata.make_recordings(frame, labels, cfg.data.secondary_weight)
     seconds = frame["seconds"].to_numpy() if len(frame) else np.zeros(0)
-    return CropDataset(recordings, seconds, cfg.data.sample_rate, cfg.data.duration)
+    return CropDataset(recordings, seconds, cfg.data.sample_rate, cfg.data.duration, source)
 
 
 def resolve_num_workers(requested: int, processes_per_node: int = 1) -> int:
@@ -100,41 +117,36 @@ def resolve_num_workers(requested: int, processes_per_node: int = 1) -> int:
     return max(1, cpus // processes_per_node)
 
 
+def worker_options(num_workers: int, pin_memory: bool, processes_per_node: int = 1, seed: int = 0) -> dict[str, object]:
+    """Workers that live for the whole job (no restart per epoch), each a few batches ahead.
+
+    The sampler stays in the main process, so `set_epoch` still takes effect every epoch with
+    persistent workers: each epoch's `iter(loader)` draws its indices anew and sends them out.
+    Worker seeds come from the loader's own generator, not the global RNG, so starting an
+    iterator (and once more on a mid-epoch resume) does not shift dropout's RNG.
+    """
+    workers = resolve_num_workers(num_workers, processes_per_node)
+    return {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": PREFETCH_BATCHES if workers else None,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
 def train_loader(
     data: TrainingData, cfg: Config, sampler: WeightedEpochSampler, pin_memory: bool, processes_per_node: int = 1
 ) -> DataLoader:
-    workers = resolve_num_workers(cfg.data.num_workers, processes_per_node)
-    return DataLoader(
-        data.train,
-        batch_size=cfg.optim.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=False,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-        generator=_loader_generator(cfg),
-    )
+    options = worker_options(cfg.data.num_workers, pin_memory, processes_per_node, cfg.run.seed)
+    return DataLoader(data.train, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=False, **options)
 
 
 def validation_loader(
     data: TrainingData, cfg: Config, sampler: ShardSampler, pin_memory: bool, processes_per_node: int = 1
 ) -> DataLoader:
-    workers = resolve_num_workers(cfg.data.num_workers, processes_per_node)
-    return DataLoader(
-        data.validation,
-        batch_size=cfg.optim.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        generator=_loader_generator(cfg),
-    )
-
-
-def _loader_generator(cfg: Config) -> torch.Generator:
-    # Worker seeds come from this generator, not the global RNG, so starting a DataLoader
-    # iterator (every epoch, and once more on a mid-epoch resume) does not shift dropout's RNG.
-    return torch.Generator().manual_seed(cfg.run.seed)
+    options = worker_options(cfg.data.num_workers, pin_memory, processes_per_node, cfg.run.seed)
+    return DataLoader(data.validation, batch_size=cfg.optim.batch_size, sampler=sampler, **options)
 
 
 def make_sampler(data: TrainingData, cfg: Config, rank: int = 0, world_size: int = 1) -> WeightedEpochSampler:

@@ -14,10 +14,15 @@ import torch
 from torch.utils.data import Sampler
 
 
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A seed for one epoch and one purpose (`stream`), statistically independent of the others."""
+    sequence = np.random.SeedSequence([seed, epoch, stream])
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A torch generator for one epoch and one purpose (`stream`), independent of the others."""
-    sequence = np.random.SeedSequence([seed, epoch, stream])
-    return torch.Generator().manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1))
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, stream))
 
 
 class WeightedEpochSampler(Sampler[tuple[int, int]]):

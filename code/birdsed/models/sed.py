@@ -16,8 +16,9 @@ from birdsed.models.heads import create_head
 class SEDModel(nn.Module):
     """Waveforms `[B, T]` -> `{"clipwise_logits": [B, K], "framewise_logits": [B, T', K], ...}`.
 
-    `forward_spectrogram` is the entry after the front end, so that the training step can mask
-    the spectrogram between the two without putting augmentation in `forward`.
+    `forward(spectrogram=...)` (and `forward_spectrogram`) enter after the front end, so that the
+    training step can mask the spectrogram between the two without putting augmentation in `forward`.
+    The train step goes through `forward` so that a DistributedDataParallel wrapper sees the call.
     """
 
     def __init__(self, frontend: nn.Module, backbone: nn.Module, head: nn.Module, freeze_backbone: bool) -> None:
@@ -39,8 +40,13 @@ class SEDModel(nn.Module):
     def forward_spectrogram(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head(self.backbone.forward_features(spectrogram))
 
-    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_spectrogram(self.frontend(waveform))
+    def forward(
+        self, waveform: torch.Tensor | None = None, *, spectrogram: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """From waveforms `[B, T]`, or from the front end's `[B, 3, mels, frames]` when `spectrogram` is given."""
+        if spectrogram is None:
+            spectrogram = self.frontend(waveform)
+        return self.forward_spectrogram(spectrogram)
 
 
 def create_model(cfg: Config, num_classes: int, weights: Path | None = None) -> SEDModel:

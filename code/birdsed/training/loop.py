@@ -17,11 +17,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from birdsed.augment import Augmentations
+from birdsed.data.audio import pcm16_to_float
 from birdsed.data.sampler import ShardSampler
 from birdsed.errors import DivergenceError
 from birdsed.metrics import macro_roc_auc, padded_cmap
 from birdsed.training.amp import MixedPrecision
-from birdsed.training.distributed import Distributed, assemble_rows
+from birdsed.training.distributed import Distributed, assemble_rows, unwrap
 from birdsed.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -64,13 +66,19 @@ class Trainer:
     max_steps: int  # 0 = no limit
     nonfinite_patience: int
     distributed: Distributed
+    # Training-only, on the device; the default augments nothing. Validation never uses it.
+    augment: Augmentations = field(default_factory=Augmentations)
 
     def limit_reached(self, progress: Progress) -> bool:
         return bool(self.max_steps) and progress.step >= self.max_steps
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    """Move a batch to the device; int16 PCM waveforms (half the bytes to move) become float32 there."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    if moved["waveform"].dtype == torch.int16:
+        moved["waveform"] = pcm16_to_float(moved["waveform"])
+    return moved
 
 
 def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, stop: StopRequest) -> bool:
@@ -96,15 +104,19 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, st
 
 
 def forward_backward(trainer: Trainer, batch: dict[str, torch.Tensor], sync_gradients: bool = True) -> torch.Tensor:
-    """One micro-batch: forward under autocast, backward of the accumulation-scaled loss.
+    """One micro-batch: augment, forward under autocast, backward of the accumulation-scaled loss.
 
-    Under DDP, gradients are all-reduced only on the micro-batch that ends an optimizer step.
+    The model is entered with the (masked) spectrogram through `forward`, so a DDP wrapper sees the
+    call; only the front end, which has no parameters, runs outside it. Under DDP, gradients are
+    all-reduced only on the micro-batch that ends an optimizer step.
     """
+    waveform, target, weight = trainer.augment.waveform(batch["waveform"], batch["target"], batch["weight"])
     no_sync = getattr(trainer.model, "no_sync", None)
     with contextlib.nullcontext() if sync_gradients or no_sync is None else no_sync():
         with trainer.precision.autocast():
-            outputs = trainer.model(batch["waveform"])
-        loss = trainer.loss_fn(outputs, batch["target"], batch["weight"])
+            spectrogram = trainer.augment.spectrogram(unwrap(trainer.model).frontend(waveform))
+            outputs = trainer.model(spectrogram=spectrogram)
+        loss = trainer.loss_fn(outputs, target, weight)
         trainer.scaler.scale(loss / trainer.grad_accum_steps).backward()
     return loss.detach()
 

@@ -19,9 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from birdsed import export, reports
+from birdsed.augment import create_augmentations
 from birdsed.config import Config
 from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
+from birdsed.data.noise import load_noise_bank
 from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
@@ -34,6 +36,7 @@ from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
 from birdsed.training.loop import Progress, Trainer, evaluate, train_one_epoch
+from birdsed.training.performance import configure_backends, optimise_model
 from birdsed.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class Job:
     val_loader: DataLoader
     truth: np.ndarray
     reporter: reports.Reporter | None  # TensorBoard and plots; only the process that writes outputs has one
+    # A resumed mid-epoch augmentation state, applied once after the epoch's reseed.
+    resumed_augment_state: dict | None = None
 
     @property
     def distributed(self) -> Distributed:
@@ -79,11 +84,15 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
     check_backbone_name(cfg.model.backbone)
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
+    configure_backends(group.device)
     data = loaders.load_training_data(cfg, env.channel("train"), env.channel("validation"))
-    model = group.wrap(create_model(cfg, len(data.labels), weights).to(group.device), cfg.run.sync_batchnorm)
+    model = optimise_model(create_model(cfg, len(data.labels), weights).to(group.device), group.device, cfg.run.compile)
+    model = group.wrap(model, cfg.run.sync_batchnorm)
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
     trainer = build_trainer(cfg, model, data, group)
+    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate)
+    trainer.augment = create_augmentations(cfg.augment, cfg.run.seed, group.device, noise_bank, rank=group.rank)
     logger.info(
         "world_size=%d device=%s amp=%s parameters=%d batches_per_epoch=%d effective_batch_size=%d",
         group.world_size,
@@ -161,6 +170,10 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
         if epoch != progress.epoch:
             progress.start_epoch(epoch)
         job.sampler.set_epoch(epoch, start=progress.batches_done * cfg.optim.batch_size)
+        trainer.augment.set_epoch(epoch)
+        if job.resumed_augment_state is not None:
+            trainer.augment.load_state_dict(job.resumed_augment_state)
+            job.resumed_augment_state = None
         stopped = train_one_epoch(trainer, job.train_loader, progress, stop)
         result = None if stopped else evaluate(trainer, job.val_loader, job.truth, stop)
         if result is None:
@@ -247,6 +260,7 @@ def checkpoint_state(job: Job, progress: Progress) -> dict:
         "config": job.cfg.to_dict(),
         "world_size": job.distributed.world_size,
         "rng": job.distributed.gather(rng_state()),  # one entry per process, in rank order
+        "augment": job.distributed.gather(trainer.augment.state_dict()),
     }
 
 
@@ -283,9 +297,11 @@ def resume(job: Job) -> Progress:
     trainer.scaler.load_state_dict(state["scaler"])
     # The same number of processes continues exactly; a different number continues from the same
     # weights and position with fresh per-process randomness.
+    progress = Progress(**state["progress"])
     if state["world_size"] == job.distributed.world_size:
         restore_rng_state(state["rng"][job.distributed.rank])
-    progress = Progress(**state["progress"])
+        if progress.batches_done:
+            job.resumed_augment_state = state["augment"][job.distributed.rank]
     logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
     return progress
 
