@@ -1,0 +1,79 @@
+"""Lay out a folder as SageMaker lays out /opt/ml for the container, to mount with docker/run_local.sh.
+
+    python docker/opt_ml.py DIR --train DATA_DIR [--validation DIR] [--pretrained DIR] [--hp key=value ...]
+
+Unlike `launch/local_job.py` (no Docker: links the channels and the code), this copies the
+channels into `input/data/<channel>` (links would not resolve inside the container) and leaves
+the code out: the image carries it in /opt/ml/code. The host is `algo-1`, as on SageMaker;
+`docker/run_local.sh` starts the container with that hostname so the toolkit's DNS check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+HOST = "algo-1"
+CHANNELS = ("train", "validation", "pretrained")
+
+
+def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[str, object]) -> Path:
+    """Create `base` with input/config/*.json, input/data/<channel>/ and empty model/ output/ checkpoints/."""
+    config_dir = base / "input" / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model", "output", "checkpoints"):
+        (base / name).mkdir(exist_ok=True)
+    # SageMaker delivers every hyperparameter value as a string.
+    _write_json(config_dir / "hyperparameters.json", {key: str(value) for key, value in hyperparameters.items()})
+    _write_json(
+        config_dir / "resourceconfig.json",
+        {"current_host": HOST, "hosts": [HOST], "network_interface_name": "eth0"},
+    )
+    _write_json(
+        config_dir / "inputdataconfig.json",
+        {
+            name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+            for name in channels
+        },
+    )
+    for name, source in channels.items():
+        target = base / "input" / "data" / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return base
+
+
+def _write_json(path: Path, payload: object) -> None:
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def parse_hyperparameters(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --hp expects key=value, got '{item}'")
+        pairs[key] = value
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base", type=Path, help="the folder to lay out (mounted as /opt/ml)")
+    for name in CHANNELS:
+        parser.add_argument(f"--{name}", type=Path, required=name == "train", help=f"the {name} channel's folder")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
+    args = parser.parse_args(argv)
+    channels = {name: getattr(args, name) for name in CHANNELS if getattr(args, name)}
+    layout(args.base, channels, parse_hyperparameters(args.hp))
+    print(args.base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
