@@ -23,7 +23,7 @@ from birdsed.data.synthetic import make_dataset  # noqa: E402 - the package live
 
 DEMO_HYPERPARAMETERS = {
     "backbone": "efficientnet_b0",  # an EfficientNet small enough for a CPU; no download (random init)
-    "epochs": 20,
+    "epochs": 30,
     "batch_size": 16,
     "lr": 2e-3,
     "n_mels": 64,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return completed.returncode
     best = json.loads((base / "output" / "data" / "metrics.json").read_text())["best"]
     print(f"\nDemo finished in {minutes:.1f} min.")
-    print(f"Model: {base / 'model'} (model.pt, labels.json, config.json)")
+    print(f"Model: {base / 'model'} (model.pt, model.pt2, labels.json, config.json)")
     print(f"Best epoch {best['epoch']}: val_cmap={best['val_cmap']:.4f} val_auc={best['val_auc']:.4f}")
     return 0
 
