@@ -11,11 +11,14 @@ the code out: the image carries it in /opt/ml/code. The host is `algo-1`, as on 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+# The config files are written exactly as for the Docker-free runs (launch/local_job.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "launch"))
+import local_job
 
 HOST = "algo-1"
 CHANNELS = ("train", "validation", "pretrained")
@@ -23,43 +26,15 @@ CHANNELS = ("train", "validation", "pretrained")
 
 def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[str, object]) -> Path:
     """Create `base` with input/config/*.json, input/data/<channel>/ and empty model/ output/ checkpoints/."""
-    config_dir = base / "input" / "config"
-    config_dir.mkdir(parents=True, exist_ok=True)
+    local_job.write_config(base, list(channels), hyperparameters, hosts=[HOST], current_host=HOST, interface="eth0")
     for name in ("model", "output", "checkpoints"):
         (base / name).mkdir(exist_ok=True)
-    # SageMaker delivers every hyperparameter value as a string.
-    _write_json(config_dir / "hyperparameters.json", {key: str(value) for key, value in hyperparameters.items()})
-    _write_json(
-        config_dir / "resourceconfig.json",
-        {"current_host": HOST, "hosts": [HOST], "network_interface_name": "eth0"},
-    )
-    _write_json(
-        config_dir / "inputdataconfig.json",
-        {
-            name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-            for name in channels
-        },
-    )
     for name, source in channels.items():
         target = base / "input" / "data" / name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
     return base
-
-
-def _write_json(path: Path, payload: object) -> None:
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-
-
-def parse_hyperparameters(items: list[str]) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --hp expects key=value, got '{item}'")
-        pairs[key] = value
-    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
     args = parser.parse_args(argv)
     channels = {name: getattr(args, name) for name in CHANNELS if getattr(args, name)}
-    layout(args.base, channels, parse_hyperparameters(args.hp))
+    layout(args.base, channels, local_job.parse_hyperparameters(args.hp))
     print(args.base)
     return 0
 

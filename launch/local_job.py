@@ -47,15 +47,31 @@ def layout(
 
     `hosts` and `current_host` describe a multi-host job (one tree per host); they must resolve.
     """
-    config_dir = base / "input" / "config"
+    write_config(base, channels, hyperparameters, hosts, current_host, interface="lo")
     data_dir = base / "input" / "data"
-    config_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in channels.items():
+        _link(Path(source).resolve(), data_dir / name)
+    _link(CODE_DIR, base / "code")
+    return base
+
+
+def write_config(
+    base: Path,
+    channels: Sequence[str],
+    hyperparameters: Mapping[str, object],
+    hosts: Sequence[str],
+    current_host: str,
+    interface: str,
+) -> None:
+    """`input/config/{hyperparameters,resourceconfig,inputdataconfig}.json`, as SageMaker writes them."""
+    config_dir = base / "input" / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
     # SageMaker delivers every hyperparameter value as a string.
     _write_json(config_dir / "hyperparameters.json", {key: str(value) for key, value in hyperparameters.items()})
     _write_json(
         config_dir / "resourceconfig.json",
-        {"current_host": current_host, "hosts": list(hosts), "network_interface_name": "lo"},
+        {"current_host": current_host, "hosts": list(hosts), "network_interface_name": interface},
     )
     _write_json(
         config_dir / "inputdataconfig.json",
@@ -64,10 +80,6 @@ def layout(
             for name in channels
         },
     )
-    for name, source in channels.items():
-        _link(Path(source).resolve(), data_dir / name)
-    _link(CODE_DIR, base / "code")
-    return base
 
 
 def _write_json(path: Path, payload: object) -> None:
@@ -99,7 +111,8 @@ def run_toolkit(base: Path, extra_env: Mapping[str, str] | None = None, **kwargs
     return subprocess.run(toolkit_train_command(), env=env, check=False, **kwargs)
 
 
-def _parse_hp(items: list[str]) -> dict[str, str]:
+def parse_hyperparameters(items: list[str]) -> dict[str, str]:
+    """`--hp key=value` items -> a mapping; a malformed item ends the script with one line."""
     pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -118,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter")
     args = parser.parse_args(argv)
     channels = {name: getattr(args, name) for name in ("train", "validation", "pretrained") if getattr(args, name)}
-    layout(args.base, channels, _parse_hp(args.hp))
+    layout(args.base, channels, parse_hyperparameters(args.hp))
     return run_toolkit(args.base).returncode
 
 
