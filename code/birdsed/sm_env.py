@@ -18,8 +18,6 @@ from birdsed.errors import ConfigError
 DEFAULT_BASE_DIR = "/opt/ml"
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 FAILURE_FILE = "failure"
-# SageMaker shows the first 1,024 characters of the failure file in the console.
-FAILURE_SHOWN_CHARS = 1024
 DEFAULT_MASTER_PORT = 29500
 
 
