@@ -83,3 +83,19 @@ def test_two_hosts_on_loopback_train_together_and_only_the_first_writes(tmp_path
     assert not (second[0] / "model" / "model.pt").exists()
     assert not list((second[0] / "checkpoints").glob("checkpoint-*"))
     assert not [line for line in second[1].splitlines() if line.startswith("epoch=")]
+
+
+def test_a_data_error_found_by_the_first_process_ends_every_process(tmp_path):
+    """Only rank 0 checks the recordings; its error must reach rank 1 instead of leaving it waiting."""
+    data = tmp_path / "data"
+    (data / "train_audio").mkdir(parents=True)
+    (data / "train_metadata.csv").write_text("primary_label,secondary_labels,rating,filename\na,[],3,a/gone.ogg\n")
+    base = tmp_path / "job"
+    local_job.layout(base, {"train": data}, {**DDP_HYPERPARAMETERS, "nproc_per_node": 2})
+    env = toolkit_env(base, free_port())
+    completed = subprocess.run(
+        local_job.toolkit_train_command(), env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+    assert completed.returncode != 0
+    assert "None of the 1 recordings" in (base / "output" / "failure").read_text()
+    assert "[rank 1] None of the 1 recordings" in completed.stdout

@@ -7,7 +7,9 @@ NCCL on GPUs, gloo on CPUs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from birdsed.sm_env import ProcessGroupEnv
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,26 @@ class Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def computed_once(self, compute: Callable[[], T]) -> T:
+        """`compute()` on the first process only; its result, or the error it raised, on every process.
+
+        For start-up work every process needs but one can do (checking 25,000 recordings): the others
+        wait instead of repeating it, and an error reaches all of them, so none waits for a result
+        that will never come.
+        """
+        if not self.enabled:
+            return compute()
+        outcome: tuple[bool, object] | None = None
+        if self.is_main:
+            try:
+                outcome = (True, compute())
+            except Exception as error:  # noqa: BLE001 - re-raised below, on every process
+                outcome = (False, error)
+        succeeded, payload = self.broadcast(outcome)
+        if not succeeded:
+            raise payload
+        return payload
 
     def wrap(self, model: nn.Module, sync_batchnorm: bool) -> nn.Module:
         """DistributedDataParallel around `model` (SyncBatchNorm first if asked), or `model` itself."""
