@@ -4,16 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt
+REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt pyproject.toml
 
 .PHONY: setup demo test lint format clean
 
 setup: $(STAMP)
 
-# Rebuilt whenever a requirements file changes; the stamp is written only after a full install.
+# Rebuilt whenever a requirements file or pyproject.toml changes (the packages birdsed and birdsed_launch
+# are installed in editable mode, so code changes need no reinstall); the stamp is written only after a full install.
 $(STAMP): $(REQUIREMENTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --editable .
 	$(PY) -m pip check
 	touch $(STAMP)
 

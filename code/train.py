@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from birdsed.job import main
+from birdsed.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main(os.environ, sys.argv[1:], script=Path(__file__).resolve()))

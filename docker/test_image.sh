@@ -271,21 +271,19 @@ fi
 
 log "5/5 run the image"
 log "making a small dataset and /opt/ml trees in $work"
-PYTHONPATH="$REPO_ROOT/code:$REPO_ROOT/launch:$REPO_ROOT/tests" "$PYTHON" - "$work" <<'EOF'
+"$PYTHON" - "$work" <<'EOF'
 import csv
 import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, "docker")
-from conftest import FAST_HYPERPARAMETERS  # one source for the fast settings the tests use
-from opt_ml import layout
-
+from birdsed.config import TINY_HYPERPARAMETERS  # one source for the fast settings the tests use
 from birdsed.data.synthetic import make_dataset
+from birdsed_launch.local_job import container_layout as layout
 
 work = Path(sys.argv[1])
 data = make_dataset(work / "data", species=4, recordings_per_species=6, seconds=(3.0, 6.0), seed=7)
-fast = {**FAST_HYPERPARAMETERS, "epochs": 1, "num_workers": 0}
+fast = {**TINY_HYPERPARAMETERS, "epochs": 1, "num_workers": 0}
 for name in ("train_arg", "no_arg"):
     layout(work / name, {"train": data}, fast)
 # The SIGTERM job: long enough to be running when it is stopped.

@@ -1,67 +1,11 @@
 """The demo: a real training run on the embedded synthetic dataset, on CPU, in a few minutes.
 
-Generates a BirdCLEF-style dataset (8 species of synthetic calls in pink noise and wind, mixed
-formats and sample rates) into `demo_run/data`, lays out `demo_run/opt_ml` as SageMaker would, and
-runs the real sagemaker-training toolkit's `train` on it: the same entrypoint the image runs.
+The command-line script; the code is `birdsed_launch.demo` (installed by `make setup`).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import shutil
 import sys
-import time
-from pathlib import Path
 
-import local_job
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "code"))
-
-from birdsed.data.synthetic import make_dataset  # noqa: E402 - the package lives in code/, as in the image
-
-DEMO_HYPERPARAMETERS = {
-    "backbone": "efficientnet_b0",  # an EfficientNet small enough for a CPU; no download (random init)
-    "epochs": 30,
-    "batch_size": 16,
-    "lr": 2e-3,
-    "n_mels": 64,
-    "duration": 5,
-    "val_fraction": 0.25,
-    "num_workers": 2,
-    "seed": 7,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo_run", help="where data and outputs go")
-    parser.add_argument("--epochs", type=int, default=DEMO_HYPERPARAMETERS["epochs"])
-    args = parser.parse_args(argv)
-
-    data_dir = args.workdir / "data"
-    if not (data_dir / "train_metadata.csv").is_file():
-        print(f"Generating the demo dataset in {data_dir} ...", flush=True)
-        make_dataset(data_dir, species=8, recordings_per_species=16, seed=2026)
-    base = args.workdir / "opt_ml"
-    if base.exists():
-        shutil.rmtree(base)  # a fresh job each time: no resume from an earlier demo
-    local_job.layout(base, {"train": data_dir}, {**DEMO_HYPERPARAMETERS, "epochs": args.epochs})
-    started = time.monotonic()
-    completed = local_job.run_toolkit(base)
-    minutes = (time.monotonic() - started) / 60
-    if completed.returncode != 0:
-        failure = base / "output" / "failure"
-        reason = failure.read_text() if failure.exists() else "(no failure file)"
-        print(f"\nDemo training failed (exit {completed.returncode}): {reason}", file=sys.stderr)
-        return completed.returncode
-    best = json.loads((base / "output" / "data" / "metrics.json").read_text())["best"]
-    print(f"\nDemo finished in {minutes:.1f} min.")
-    print(f"Model: {base / 'model'} (model.pt, model.pt2, labels.json, config.json)")
-    print(f"Best epoch {best['epoch']}: val_cmap={best['val_cmap']:.4f} val_auc={best['val_auc']:.4f}")
-    return 0
-
+from birdsed_launch.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

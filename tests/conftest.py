@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-import local_job
+from birdsed.config import TINY_HYPERPARAMETERS
 from birdsed.data.synthetic import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 
 # Tiny models, no DataLoader workers: seconds per job on a CPU.
-FAST_HYPERPARAMETERS = {**local_job.TINY_HYPERPARAMETERS, "num_workers": 0}
+FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0}
 
 
 @pytest.fixture(scope="session")

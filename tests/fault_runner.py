@@ -4,7 +4,7 @@
     python tests/fault_runner.py --kill-in-checkpoint-write N [train.py arguments]
     python tests/fault_runner.py --nan-loss-from-step N [train.py arguments]
 
-The job is `birdsed.job.main`, exactly as `code/train.py` runs it; only one function is wrapped.
+The job is `birdsed.commands.train.main`, exactly as `code/train.py` runs it; only one function is wrapped.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import math
 import os
 import signal
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "code"))
 
 import torch
 
-from birdsed import job
+from birdsed.commands import train
 from birdsed.training import checkpoint, loop
 
 
@@ -78,4 +75,4 @@ FAULTS = {
 if __name__ == "__main__":
     fault, value, *arguments = sys.argv[1:]
     FAULTS[fault](int(value))
-    sys.exit(job.main(os.environ, arguments))
+    sys.exit(train.main(os.environ, arguments))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdsed import job
+from birdsed.commands import train as train_command
 from conftest import FAST_HYPERPARAMETERS
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ QUICK_JOB = {**FAST_HYPERPARAMETERS, "epochs": 1, "max_steps": 1, "batch_size": 
 
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """job.main configures the root logger as a job would; give pytest its handlers back."""
+    """train_command.main configures the root logger as a job would; give pytest its handlers back."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
@@ -73,7 +73,7 @@ def run_job(base: Path, channels: dict[str, Path], **hyperparameters) -> int:
     for name, source in channels.items():
         (base / "input" / "data" / name).symlink_to(source)
     argv = [f"--{key}={value}" for key, value in {**QUICK_JOB, **hyperparameters}.items()]
-    return job.main({"SAGEMAKER_BASE_DIR": str(base)}, argv)
+    return train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, argv)
 
 
 def failure(base: Path) -> str:
@@ -122,7 +122,7 @@ def test_unusable_recordings_are_skipped_named_and_counted_and_odd_ones_used(tmp
 def test_too_many_unusable_recordings_stop_the_job_before_training(tmp_path):
     files = {**good_files(2), "aaa1/bad1.ogg": b"x" * 100, "bbb1/bad2.ogg": b"", "bbb1/bad3.wav": None}
     data = write_dataset(tmp_path / "data", files)
-    assert run_job(tmp_path / "job", {"train": data}) == job.EXIT_USER_ERROR
+    assert run_job(tmp_path / "job", {"train": data}) == train_command.EXIT_USER_ERROR
     reason = failure(tmp_path / "job")
     assert "3 of the 7 recordings in the 'train' channel (43%) could not be used" in reason
     assert "max_skipped_fraction=0.1" in reason
@@ -169,7 +169,7 @@ def test_fatal_problems_end_fast_with_a_reason(tmp_path, channels, hyperparamete
     variants = dataset_variants(tmp_path / "variants")
     base = tmp_path / "job"
     code = run_job(base, {name: variants[key] for name, key in channels.items()}, **hyperparameters)
-    assert code == job.EXIT_USER_ERROR
+    assert code == train_command.EXIT_USER_ERROR
     text = failure(base)
     assert reason in text
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1  # one paragraph

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import prepare
+from birdsed.commands import prepare
 from birdsed.config import from_hyperparameters
 from birdsed.data import audio, cache, loaders
 from birdsed.data.metadata import read_metadata

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-import local_job
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,7 @@ import pytest
 import yaml
 from sagemaker.train.model_trainer import Mode
 
-import job_options
-import job_spec
-import local_mode
-import submit
+from birdsed_launch import job_options, job_spec, local_mode, submit
 from conftest import FAST_HYPERPARAMETERS
 
 FAKE_DOCKER = Path(__file__).with_name("fake_docker.py")

@@ -14,12 +14,12 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import predict as predict_cli
 import pytest
 import soundfile as sf
 import torch
 
 from birdsed import predict
+from birdsed.commands import predict as predict_cli
 from birdsed.config import from_hyperparameters
 from birdsed.models import create_model
 from birdsed.training import outputs

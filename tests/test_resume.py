@@ -14,8 +14,8 @@ import psutil
 import pytest
 import torch
 
-import local_job
 from birdsed.training.checkpoint import list_checkpoints
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
 
 pytestmark = pytest.mark.slow

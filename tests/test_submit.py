@@ -10,9 +10,8 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-import job_spec
-import submit
 from birdsed.training.run import format_metrics
+from birdsed_launch import job_spec, submit
 
 pytest_plugins = ["moto_aws"]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import local_job
 from birdsed.data import metadata
 from birdsed.metrics import padded_cmap
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
 
 pytestmark = pytest.mark.slow

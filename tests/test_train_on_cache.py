@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import local_job
 from birdsed.data import cache
 from birdsed.data.synthetic import make_dataset, pink_noise
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-import upload
-from checks import S3Location
+from birdsed_launch import upload
+from birdsed_launch.checks import S3Location
 
 pytest_plugins = ["moto_aws"]
 

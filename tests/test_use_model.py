@@ -15,15 +15,15 @@ import tarfile
 import textwrap
 
 import numpy as np
-import predict as predict_cli
 import pytest
 import soundfile as sf
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import local_job
 from birdsed import predict, reports
+from birdsed.commands import predict as predict_cli
 from birdsed.data.audio import decode
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
 
 pytestmark = pytest.mark.slow

@@ -19,6 +19,9 @@ DEFAULT_BASE_DIR = "/opt/ml"
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 FAILURE_FILE = "failure"
 DEFAULT_MASTER_PORT = 29500
+# The input channels a job reads (any other channel is ignored): the launcher, the local runners and
+# the job all take the list from here.
+CHANNELS = ("train", "validation", "pretrained", "noise")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from checks import LaunchError
+from birdsed_launch.checks import LaunchError
 
 # Loggers of the libraries underneath, quiet unless --verbose: the launcher reports what matters itself
 # (errors included), and the SDK's own warnings mislead here (e.g. "No region provided" when one is).

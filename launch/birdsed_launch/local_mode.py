@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from checks import ECR_IMAGE, LaunchError, UsageError, parse_s3_uri
+from birdsed_launch.checks import ECR_IMAGE, LaunchError, UsageError, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from sagemaker.core.training.configs import (
 from sagemaker.train import ModelTrainer
 from sagemaker.train.model_trainer import Mode
 
-from job_options import JobOptions
+from birdsed_launch.job_options import JobOptions
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/data/tensorboard"

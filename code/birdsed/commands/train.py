@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
+# code/train.py, which torchrun starts once per process (this file is code/birdsed/commands/train.py).
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 
 
 def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_SCRIPT) -> int:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import json
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
-from checks import UsageError
+import birdsed
+from birdsed import config as training_config
+from birdsed.sm_env import CHANNELS
+from birdsed_launch.checks import UsageError
 
-CODE_DIR = Path(__file__).resolve().parent.parent / "code"
 ROLE_ENV = "BIRDSED_ROLE"
-CHANNELS = ("train", "validation", "pretrained", "noise")
 INPUT_MODES = ("File", "FastFile")
 
 
@@ -228,26 +226,13 @@ def resolve_options(
 # --- the training code's own rules ---------------------------------------------------------------------
 
 
-def import_from_code(module: str) -> ModuleType:
-    """Import a module of the training package in `code/` (standard library only, no torch).
-
-    The launcher checks hyperparameters with the very function the job runs, so a bad name fails
-    here, with the job's message, before anything is created. `code/` is not installed on the
-    user's machine, hence the path entry, made here and only when needed.
-    """
-    if str(CODE_DIR) not in sys.path:
-        sys.path.append(str(CODE_DIR))
-    return importlib.import_module(module)
-
-
 def check_hyperparameters(hyperparameters: Mapping[str, str]) -> None:
-    config = import_from_code("birdsed.config")
     try:
-        config.from_hyperparameters(hyperparameters)
-    except config.ConfigError as error:
+        training_config.from_hyperparameters(hyperparameters)
+    except training_config.ConfigError as error:
         raise UsageError(str(error)) from None
 
 
 def project_version() -> str:
     """The image tag the build scripts push: `birdsed.__version__`."""
-    return import_from_code("birdsed").__version__
+    return birdsed.__version__

@@ -1,0 +1,62 @@
+"""Run a trained birdsed model over recordings: BirdCLEF submission rows (+ frame-wise events).
+
+    python code/predict.py --model MODEL_DIR_OR_TAR_GZ --audio FILES_OR_DIRS... --out preds.csv
+                           [--events events.csv] [--batch-size 16] [--amp] [--device auto]
+
+Rows are `<file stem>_<end second>` with one probability column per label (labels.json order);
+see README.md, "Using the model". Exit 0 when at least one recording was predicted, 1 otherwise
+(bad model, no usable recording), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from birdsed import predict
+from birdsed.data.audio import AUDIO_SUFFIXES
+from birdsed.errors import UserError
+
+EXIT_USER_ERROR = 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="model dir or SageMaker's model.tar.gz")
+    parser.add_argument("--audio", type=Path, nargs="+", required=True, help="recordings and/or folders of them")
+    parser.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    parser.add_argument("--events", type=Path, help="also write frame-wise events (file, onset_s, offset_s, ...)")
+    parser.add_argument("--event-threshold", type=float, default=0.5, help="frame probability for an event")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    try:
+        paths = predict.find_audio_files(args.audio)
+        if not paths:
+            raise UserError(f"No audio files ({', '.join(AUDIO_SUFFIXES)}) found in {' '.join(map(str, args.audio))}")
+        with predict.open_model_dir(args.model) as model_dir:
+            loaded = predict.load_model(model_dir, predict.default_device(args.device))
+        predictor = predict.create_predictor(
+            loaded, args.batch_size, args.amp, args.event_threshold if args.events else None
+        )
+        with logging_redirect_tqdm():
+            summary = predict.predict_to_csv(predictor, paths, args.out, args.events, progress=not args.quiet)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(summary.line())
+    return 0
