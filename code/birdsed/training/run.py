@@ -91,7 +91,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
     trainer = build_trainer(cfg, model, data, group)
-    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate)
+    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate, cfg.data.max_skipped_fraction)
     trainer.augment = create_augmentations(cfg.augment, cfg.run.seed, group.device, noise_bank, rank=group.rank)
     logger.info(
         "world_size=%d device=%s amp=%s parameters=%d batches_per_epoch=%d effective_batch_size=%d",
