@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 
-import numpy as np
 import pytest
-import soundfile as sf
+from tiny_data import NAMES, RATE, write_wav_dataset
 
 from birdsed import job
 from birdsed.config import from_hyperparameters
@@ -22,8 +21,6 @@ from birdsed.data.noise import load_noise_bank
 from birdsed.errors import DataError
 from conftest import FAST_HYPERPARAMETERS
 
-RATE = FAST_HYPERPARAMETERS["sample_rate"]
-NAMES = [f"{label}/XC{label[0]}{n}.wav" for label in ("aaa1", "bbb1") for n in range(4)]
 LONG_NAME = "aaa1/" + "x" * 260 + ".wav"
 
 
@@ -37,21 +34,10 @@ def restore_logging():
     root.setLevel(level)
 
 
-def write_raw(root, names, extra_rows=()):
-    rows = ["primary_label,secondary_labels,rating,filename"]
-    rng = np.random.default_rng(0)
-    for name in names:
-        (root / "train_audio" / name).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(root / "train_audio" / name, 0.1 * rng.standard_normal(int(3.5 * RATE)), RATE, subtype="PCM_16")
-        rows.append(f"{name.split('/')[0]},[],4,{name}")
-    (root / "train_metadata.csv").write_text("\n".join([*rows, *extra_rows]) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """8 short WAV recordings of 2 classes, as a cache."""
-    raw = write_raw(tmp_path_factory.mktemp("raw"), NAMES)
+    raw = write_wav_dataset(tmp_path_factory.mktemp("raw"), NAMES)
     output = tmp_path_factory.mktemp("cache") / "cache"
     cache.prepare_cache(raw, output, RATE, workers=1, progress=False)
     return output
@@ -71,7 +57,7 @@ def damaged_copy(prepared_dir, tmp_path):
 
 
 def test_prepare_reports_a_name_too_long_for_the_file_system_as_unreadable(tmp_path):
-    raw = write_raw(tmp_path / "raw", NAMES[:1], [f"aaa1,[],4,{LONG_NAME}"])
+    raw = write_wav_dataset(tmp_path / "raw", NAMES[:1], [f"aaa1,[],4,{LONG_NAME}"])
     report = cache.prepare_cache(raw, tmp_path / "cache", RATE, workers=1, progress=False)
     assert report.converted == 1
     assert "file name too long (a path part of 264 bytes" in report.unreadable[LONG_NAME]

@@ -56,7 +56,8 @@ def test_a_latin1_file_is_read_as_windows_1252_with_a_warning(tmp_path, caplog):
 
 
 def test_a_repeated_column_name_warns_and_the_first_is_used(tmp_path, caplog):
-    text = "primary_label,secondary_labels,rating,filename,filename\nabc1,[],4,abc1/XC1.ogg,x\nabc1,[],3.5,abc1/XC2.ogg,y\n"
+    text = "primary_label,secondary_labels,rating,filename,filename\n"
+    text += "abc1,[],4,abc1/XC1.ogg,x\nabc1,[],3.5,abc1/XC2.ogg,y\n"
     assert_expected(read(tmp_path, text.encode()))
     assert "names column(s) ['filename'] more than once; the first column of each name is used" in caplog.text
 
