@@ -248,6 +248,12 @@ def check_hyperparameters(hyperparameters: Mapping[str, str]) -> None:
         raise UsageError(str(error)) from None
 
 
+def backbone(hyperparameters: Mapping[str, str]) -> str:
+    """The job's backbone: the hyperparameter, else the training code's default."""
+    config = import_from_code("birdsed.config")
+    return config.from_hyperparameters(hyperparameters).model.backbone
+
+
 def project_version() -> str:
     """The image tag the build scripts push: `birdsed.__version__`."""
     return import_from_code("birdsed").__version__
