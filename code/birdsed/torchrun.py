@@ -15,6 +15,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch.distributed.run
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
 from birdsed import sm_env, supervise
 from birdsed.config import Config
 from birdsed.errors import ConfigError
@@ -55,13 +59,9 @@ def run_agent(command: Sequence[str], output_dir: Path) -> int:
     A rank killed by a signal (SIGKILL: out of memory) cannot explain itself, and the ranks torchrun
     then stops may report misleading errors: its reason replaces theirs.
     """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun_main
-
     arguments = list(command[command.index("torch.distributed.run") + 1 :])
     try:
-        torchrun_main(arguments)
+        torch.distributed.run.main(arguments)
     except ChildFailedError as error:
         reason, code = supervise.describe_failures(error.failures)
         if reason:
