@@ -144,6 +144,12 @@ def dataset_variants(tmp_path: Path) -> dict[str, Path]:
             (root / "train_metadata.csv").write_bytes(text.encode("latin-1"))
         variants[name] = root
     variants["nothing_readable"] = write_dataset(tmp_path / "unreadable", {"aaa1/a.ogg": b"", "bbb1/b.ogg": None})
+    for name, content in {"html_weights": b"<html>404</html>", "empty_weights": b""}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ("model.safetensors" if name == "html_weights" else "pytorch_model.bin")).write_bytes(
+            content
+        )
+        variants[name] = tmp_path / name
     variants["unknown_labels"] = write_dataset(tmp_path / "val", {"zzz9/z.wav": (tone(3.0), RATE, "PCM_16")})
     return variants
 
@@ -161,6 +167,9 @@ FATAL = [
     ({"train": "good"}, {"backbone": "efficientnet_b42"}, "Unknown backbone 'efficientnet_b42'"),
     ({"train": "good"}, {"pretrained": "true"}, "pretrained=true but no weights file"),
     ({"train": "good", "validation": "unknown_labels"}, {}, "primary label(s) that training does not: zzz9"),
+    ({"train": "good", "pretrained": "html_weights"}, {}, "model.safetensors is not a safetensors file"),
+    ({"train": "good", "pretrained": "empty_weights"}, {}, "pytorch_model.bin is empty (0 bytes); expected the timm"),
+    ({"train": "good"}, {"nproc_per_node": 64}, "nproc_per_node=64 but this host has"),
 ]
 
 

@@ -86,11 +86,14 @@ def test_local_job_trains_and_leaves_model_tar_gz_in_sagemaker_layout(docker, sy
 @pytest.mark.slow
 def test_local_job_failure_is_one_line_with_the_jobs_reason(docker, synthetic_dataset, tmp_path, capsys):
     argv = ["--local", "--image-uri", IMAGE, "--train", str(synthetic_dataset), "--output-path", str(tmp_path / "out")]
-    # Valid for the launcher, fatal for the job: a backbone timm does not know.
-    code, _out, err = run(capsys, [*argv, "--hp", "backbone=no_such_backbone", "--hp", "num_workers=0"])
+    # Valid for the launcher, fatal for the job: a weights file that is not one (the launcher reads no channel).
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model.safetensors").write_text("<html>404 Not Found</html>")
+    code, _out, err = run(capsys, [*argv, "--pretrained", str(weights), *hp_flags()])
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: local training failed:") and "no_such_backbone" in last, err[-2000:]
+    assert last.startswith("error: local training failed:") and "is not a safetensors file" in last, err[-2000:]
 
 
 def test_gpu_machine_runs_local_gpu(docker, synthetic_dataset, tmp_path, capsys, monkeypatch):

@@ -148,15 +148,16 @@ def parse_cli_hyperparameters(argv: Sequence[str]) -> dict[str, str]:
     return {key: value for key, value in parsed.items() if not key.startswith("sagemaker_")}
 
 
-def write_failure(output_dir: Path, reason: str) -> None:
-    """Write the failure reason SageMaker shows for the job, keeping an earlier one.
+def write_failure(output_dir: Path, reason: str, replace: bool = False) -> None:
+    """Write the failure reason SageMaker shows for the job, keeping an earlier one unless `replace`.
 
     The toolkit writes `output/failure` only when it does not exist yet; we follow the same rule
-    so that the first, most specific reason wins.
+    so that the first, most specific reason wins. `replace` is for a cause found later that
+    explains the earlier reports (a process killed for memory, after the others stopped with errors).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     failure_file = output_dir / FAILURE_FILE
-    if failure_file.exists():
+    if failure_file.exists() and not replace:
         return
     temporary = output_dir / f"{FAILURE_FILE}.tmp-{os.getpid()}"
     temporary.write_text(reason.strip() + "\n", encoding="utf-8")

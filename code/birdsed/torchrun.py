@@ -1,18 +1,25 @@
 """Starting one training process per device on each host, with torchrun (the launch contract).
 
 The toolkit's `train` runs `train.py` once per host. When the job needs more than one process
-(several GPUs, several hosts, or `nproc_per_node > 1`), `train.py` replaces itself with torchrun,
-which starts the processes and sets RANK / LOCAL_RANK / WORLD_SIZE for them. A process that
-torchrun started (ours, or the SageMaker SDK's torchrun distribution) never relaunches.
+(several GPUs, several hosts, or `nproc_per_node > 1`), that process runs torchrun's agent itself
+(`run_agent`), which starts the processes and sets RANK / LOCAL_RANK / WORLD_SIZE for them, and
+explains a rank killed by a signal. A process that torchrun started (ours, or the SageMaker SDK's
+torchrun distribution) never relaunches.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch.distributed.run
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from birdsed import sm_env, supervise
 from birdsed.config import Config
 from birdsed.errors import ConfigError
 from birdsed.sm_env import SageMakerEnv
@@ -23,8 +30,47 @@ logger = logging.getLogger(__name__)
 def processes_per_node(cfg: Config, env: SageMakerEnv, visible_gpus: int) -> int:
     """`nproc_per_node`, or one per GPU (SageMaker's count, else what CUDA sees), or 1 on a CPU host."""
     if cfg.run.nproc_per_node:
+        check_processes(cfg.run.nproc_per_node, visible_gpus, usable_cpus())
         return cfg.run.nproc_per_node
     return max(env.num_gpus or visible_gpus, 1)
+
+
+def check_processes(requested: int, gpus: int, cpus: int) -> None:
+    """One process per GPU at most (each takes `cuda:<local rank>`); without GPUs, one per CPU at most."""
+    if gpus and requested > gpus:
+        raise ConfigError(
+            f"nproc_per_node={requested} but this host has {gpus} GPU(s): each training process needs a GPU of its "
+            f"own. Set nproc_per_node to {gpus} or less (0: one per GPU), or use an instance with more GPUs."
+        )
+    if not gpus and requested > cpus:
+        raise ConfigError(
+            f"nproc_per_node={requested} but this host has no GPU and {cpus} CPU(s): more processes than CPUs only "
+            f"compete for them. Set nproc_per_node to {cpus} or less."
+        )
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_agent(command: Sequence[str], output_dir: Path) -> int:
+    """Run torchrun's agent in this process (the `command` made above); its exit code is the job's.
+
+    A rank killed by a signal (SIGKILL: out of memory) cannot explain itself, and the ranks torchrun
+    then stops may report misleading errors: its reason replaces theirs.
+    """
+    arguments = list(command[command.index("torch.distributed.run") + 1 :])
+    try:
+        torch.distributed.run.main(arguments)
+    except ChildFailedError as error:
+        reason, code = supervise.describe_failures(error.failures)
+        if reason:
+            logger.error("%s", reason)
+            sm_env.write_failure(output_dir, reason, replace=True)
+        return code
+    except SignalException as stop:  # SIGTERM: torchrun passed it on to the ranks, which saved a checkpoint
+        return 128 + int(stop.sigval)
+    return 0
 
 
 def command(cfg: Config, env: SageMakerEnv, visible_gpus: int, script: Path, argv: Sequence[str]) -> list[str] | None:

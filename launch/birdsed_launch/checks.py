@@ -36,6 +36,12 @@ ECR_IMAGE = re.compile(
 # The TagKey / TagValue patterns of the SageMaker API (letters, spaces, digits and _.:/=+-@).
 TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "403", "Forbidden"}
+# StoppingCondition.MaxRuntimeInSeconds: "The maximum value is 28 days" (SageMaker API reference).
+MAX_RUN_SECONDS = 28 * 86400
+# The API sets no maximum for InstanceCount; accounts get a quota per instance type (often 0-8 until raised).
+# Beyond this the count is a typo far more often than a raised quota (birdsed's data-parallel jobs gain
+# nothing from hundreds of hosts).
+MAX_INSTANCE_COUNT = 100
 
 
 class LaunchError(Exception):
@@ -96,6 +102,64 @@ def check_instance_type(instance_type: str) -> None:
     close = difflib.get_close_matches(instance_type, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else " (e.g. ml.g5.xlarge)"
     raise UsageError(f"--instance '{instance_type}' is not a SageMaker training instance type{hint}")
+
+
+@functools.cache
+def hyperparameter_limits() -> tuple[int, int, int]:
+    """(entries, key characters, value characters) the API accepts, from botocore's bundled service model."""
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return (
+        model.shape_for("HyperParameters").metadata["max"],
+        model.shape_for("HyperParameterKey").metadata["max"],
+        model.shape_for("HyperParameterValue").metadata["max"],
+    )
+
+
+def check_hyperparameter_sizes(hyperparameters: Mapping[str, str]) -> None:
+    """botocore does not check maximum lengths; SageMaker refuses the request when they are exceeded."""
+    entries, key_max, value_max = hyperparameter_limits()
+    if len(hyperparameters) > entries:
+        raise UsageError(f"{len(hyperparameters)} hyperparameters given; SageMaker accepts at most {entries}")
+    for key, value in hyperparameters.items():
+        if len(key) > key_max:
+            raise UsageError(f"hyperparameter name '{key[:40]}...' has {len(key)} characters; at most {key_max}")
+        if len(value) > value_max:
+            raise UsageError(
+                f"hyperparameter '{key}' has a value of {len(value):,} characters; SageMaker accepts at most "
+                f"{value_max:,} per value"
+            )
+
+
+def check_run_limits(max_run: int, instance_count: int) -> None:
+    """Limits the API model does not carry: SageMaker documents them, and refuses the job beyond them."""
+    if max_run > MAX_RUN_SECONDS:
+        raise UsageError(
+            f"--max-run is {max_run / 86400:g} days; SageMaker training jobs run at most 28 days (MaxRuntimeInSeconds "
+            f"{MAX_RUN_SECONDS}); checkpoints let a longer training continue in a new job with the same --job-name"
+        )
+    if instance_count > MAX_INSTANCE_COUNT:
+        raise UsageError(
+            f"--instance-count {instance_count:,} is more than {MAX_INSTANCE_COUNT} instances; SageMaker's quotas for "
+            "training instances are far lower unless raised (Service Quotas: '<instance type> for training job usage')"
+        )
+
+
+def check_backbone(name: str) -> None:
+    """The backbone name, with timm, before a job is created: a typo otherwise fails minutes into the job.
+
+    timm (and torch) belong to the training image; a launcher-only environment may lack them, and
+    then the job checks the name when it starts.
+    """
+    try:
+        import timm
+    except ImportError:
+        logger.info("note: timm is not installed here, so the backbone '%s' is checked when the job starts", name)
+        return
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else " (see timm.list_models(), e.g. efficientnet_b0)"
+    raise UsageError(f"hyperparameter backbone '{name}' is not a timm model{hint}")
 
 
 def check_job_name(prefix: str) -> None:

@@ -233,6 +233,11 @@ def check_hyperparameters(hyperparameters: Mapping[str, str]) -> None:
         raise UsageError(str(error)) from None
 
 
+def backbone(hyperparameters: Mapping[str, str]) -> str:
+    """The job's backbone: the hyperparameter, else the training code's default."""
+    return training_config.from_hyperparameters(hyperparameters).model.backbone
+
+
 def project_version() -> str:
     """The image tag the build scripts push: `birdsed.__version__`."""
     return birdsed.__version__

@@ -141,6 +141,9 @@ def check_offline(options: JobOptions) -> None:
     checks.check_job_name(options.job_name)
     checks.check_tags(options.tags)
     job_options.check_hyperparameters(options.hyperparameters)
+    checks.check_hyperparameter_sizes(options.hyperparameters)
+    checks.check_run_limits(options.max_run, options.instance_count)
+    checks.check_backbone(job_options.backbone(options.hyperparameters))
     if options.max_wait is not None and options.max_wait < options.max_run:
         raise checks.UsageError(f"--max-wait ({options.max_wait} s) must be at least --max-run ({options.max_run} s)")
     if options.local:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from birdsed import config, logs, sm_env, torchrun
+from birdsed import config, logs, sm_env, supervise, torchrun
 from birdsed.errors import TrainingStopped, UserError
 from birdsed.training.run import run
 
@@ -26,6 +28,9 @@ EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 # code/train.py, which torchrun starts once per process (this file is code/birdsed/commands/train.py).
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
+# What PyTorch's DataLoader raises in the training process when a worker died: SIGKILL (by the out-of-memory
+# killer) is reported either way, depending on which of its checks notices first.
+DATALOADER_DIED = re.compile(r"DataLoader worker \(pid.*\) (is killed by signal: Killed|exited unexpectedly)")
 
 
 def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_SCRIPT) -> int:
@@ -39,9 +44,9 @@ def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_S
         launch = torchrun.command(cfg, env, torch.cuda.device_count(), script, argv)
         if launch:
             logger.info("Starting %s", " ".join(launch))
-            logging.shutdown()
-            launch_environ = {**environ, **torchrun.network_environment(env, environ)}
-            os.execve(launch[0], launch, launch_environ)  # torchrun takes over this process: its exit is the job's
+            # This process becomes torchrun's agent: its ranks inherit the environment.
+            os.environ.update({**environ, **torchrun.network_environment(env, environ)})
+            return torchrun.run_agent(launch, output_dir)
         run(cfg, env)
     except TrainingStopped as stopped:
         logger.warning("%s", stopped)
@@ -52,6 +57,12 @@ def main(environ: Mapping[str, str], argv: Sequence[str], script: Path = TRAIN_S
         sm_env.write_failure(output_dir, str(error))
         return EXIT_USER_ERROR
     except Exception as error:
+        if DATALOADER_DIED.search(str(error)):
+            reason = supervise.killed_reason("A DataLoader worker (a child of the training process)", signal.SIGKILL)
+            reason = reason.replace("was killed by SIGKILL (signal 9)", "was killed or exited unexpectedly")
+            logger.error("%s (%s)", reason, error)
+            sm_env.write_failure(output_dir, reason)
+            return EXIT_USER_ERROR
         reason = f"Internal error: {type(error).__name__}: {error}\n\n{traceback.format_exc()}"
         logger.exception("Training failed")
         sm_env.write_failure(output_dir, reason)

@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +52,8 @@ VERSION = 1
 SCALE = PCM_SCALE
 SUFFIX = ".npy"
 TEMPORARY_MARK = ".tmp-"
+# Headers checked at once at the start of a job (I/O-bound: a streamed channel fetches each one).
+CHECK_THREADS = 16
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -160,16 +162,60 @@ def open_for_training(root: Path, channel: str, sample_rate: int) -> CacheIndex:
     return index
 
 
+def check_array(path: Path, samples: int) -> str | None:
+    """Why the cache array at `path` cannot be used, or None when it holds `samples` int16 samples.
+
+    Only the header and the file's size are read, so checking every array at the start of a job
+    is cheap; it finds what an interrupted copy (`aws s3 sync`) leaves under the final names:
+    empty files, truncated files, files that are not arrays at all.
+    """
+    too_long = metadata.name_too_long(str(path))
+    if too_long:
+        return too_long
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "cache array is empty (0 bytes; an interrupted copy?)"
+        with open(path, "rb") as handle:
+            shape, dtype, offset = _read_header(handle)
+    except FileNotFoundError:
+        return "cache array missing (train_audio/<filename>.npy)"
+    except (OSError, ValueError, EOFError) as error:
+        return f"cache array unreadable ({error})"
+    if len(shape) != 1 or dtype != np.int16:
+        return f"cache array is not mono int16 (shape {shape}, dtype {dtype})"
+    if shape[0] != samples:
+        return f"cache array holds {shape[0]} samples where cache.json says {samples}"
+    expected = offset + samples * dtype.itemsize
+    if size != expected:
+        return f"cache array {'truncated' if size < expected else 'too long'}: {size} bytes, expected {expected}"
+    return None
+
+
+def check_arrays(root: Path, names: list[str], samples: list[int]) -> list[str | None]:
+    """`check_array` for many recordings, in threads: on a streamed (FastFile) channel each header is a read."""
+    paths = [array_path(root, name) for name in names]
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+        return list(pool.map(check_array, paths, samples))
+
+
 def usable_recordings(root: Path, channel: str, sample_rate: int) -> pd.DataFrame:
-    """The channel's metadata rows that the cache holds, with `path` (the array) and `seconds` added."""
+    """The channel's metadata rows that the cache holds, with `path` (the array) and `seconds` added.
+
+    Rows whose array is missing, empty, truncated or disagrees with `cache.json` are skipped,
+    each named with its reason, and counted against `max_skipped_fraction` by the caller.
+    """
     index = open_for_training(root, channel, sample_rate)
     frame = metadata.read_metadata(root)
     samples = [index.samples(name) for name in frame["filename"]]
-    usable = [count is not None and count > 0 for count in samples]
-    for name, ok in zip(frame["filename"], usable, strict=True):
-        if not ok:
-            reason = index.unreadable.get(name, "not in the cache (or empty)")
+    indexed = [name for name, count in zip(frame["filename"], samples, strict=True) if count]
+    problems = dict(zip(indexed, check_arrays(root, indexed, [count for count in samples if count]), strict=True))
+    usable = []
+    for name, count in zip(frame["filename"], samples, strict=True):
+        reason = problems.get(name) if count else index.unreadable.get(name, "not in the cache (or empty)")
+        if reason:
             logger.warning("Skipping %s: %s", name, reason)
+        usable.append(reason is None)
     logger.info(
         "channel=%s source=cache sample_rate=%d skipped_files=%d usable_files=%d",
         channel,
@@ -190,10 +236,21 @@ def usable_recordings(root: Path, channel: str, sample_rate: int) -> pd.DataFram
     return frame
 
 
-def load_arrays(index: CacheIndex) -> Iterator[np.ndarray]:
-    """Every recording of a cache, whole, as int16 (for small channels such as background noise)."""
-    for name in sorted(index.files):
-        yield np.load(array_path(index.root, name))
+def load_arrays(index: CacheIndex) -> tuple[list[np.ndarray], int]:
+    """Every usable recording of a cache, whole, as int16 (for small channels such as background noise).
+
+    Damaged arrays are skipped, each named in the log with its reason; returns (arrays, skipped).
+    """
+    names = sorted(index.files)
+    arrays, skipped = [], 0
+    for name, reason in zip(names, check_arrays(index.root, names, [index.samples(n) for n in names]), strict=True):
+        path = array_path(index.root, name)
+        if reason:
+            logger.warning("Skipping %s: %s", path, reason)
+            skipped += 1
+        else:
+            arrays.append(np.load(path))
+    return arrays, skipped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +320,9 @@ def _single_threaded() -> None:
 def convert_recording(source: Path, target: Path, sample_rate: int) -> dict[str, int] | AudioReadError:
     """Decode one recording into its cache array; returns its entry, or the error (not raised: pool-safe)."""
     try:
+        too_long = metadata.name_too_long(str(source)) or metadata.name_too_long(str(target))
+        if too_long:  # asked first: is_file() raises for such a name instead of answering False
+            raise AudioReadError(too_long)
         if not source.is_file():
             raise AudioReadError("file not found")
         waveform = decode(source, sample_rate)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from birdsed.config import Config
 from birdsed.data import cache, metadata
-from birdsed.data.audio import AudioInfo, RawAudio, inspect_many
+from birdsed.data.audio import AudioInfo, AudioReadError, RawAudio, inspect_many
 from birdsed.data.dataset import CropDataset, CropSource
 from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError
@@ -51,6 +51,7 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
     if validation_dir is not None:
         train_frame, (val_frame, val_source) = frame, _channel(validation_dir, "validation", cfg)
         _check_known_labels(val_frame, labels)
+        _warn_overlap(train_frame, val_frame)
     else:
         train_frame, val_frame = metadata.split_train_validation(frame, cfg.data.val_fraction, cfg.run.seed)
         val_source = train_source
@@ -77,13 +78,13 @@ def _channel(directory: Path, channel: str, cfg: Config) -> tuple[pd.DataFrame, 
             _usable(metadata.read_metadata(directory), channel, cfg.data.audio_check),
             RawAudio(cfg.data.sample_rate),
         )
-    _check_skipped_fraction(channel, frame.attrs["listed_files"], len(frame), cfg.data.max_skipped_fraction)
+    check_skipped_fraction(channel, frame.attrs["listed_files"], len(frame), cfg.data.max_skipped_fraction)
     return frame, source
 
 
 def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> pd.DataFrame:
     """Check every file once; skip (and name, with the reason) those that cannot be used."""
-    infos = inspect_many(list(frame["path"]), full=audio_check == "full")
+    infos = _inspect(frame, full=audio_check == "full")
     usable = [isinstance(info, AudioInfo) for info in infos]
     for path, info in zip(frame["path"], infos, strict=True):
         if not isinstance(info, AudioInfo):
@@ -105,7 +106,16 @@ def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> pd.DataFrame
     return usable_frame
 
 
-def _check_skipped_fraction(channel: str, listed: int, usable: int, max_fraction: float) -> None:
+def _inspect(frame: pd.DataFrame, full: bool) -> list[AudioInfo | AudioReadError]:
+    """`inspect_many` of the rows' files; a name no file system can hold is a skip, never probed (it would raise)."""
+    too_long = [metadata.name_too_long(name) for name in frame["filename"]]
+    probed = iter(
+        inspect_many([path for path, reason in zip(frame["path"], too_long, strict=True) if not reason], full)
+    )
+    return [AudioReadError(reason) if reason else next(probed) for reason in too_long]
+
+
+def check_skipped_fraction(channel: str, listed: int, usable: int, max_fraction: float) -> None:
     """A few bad files are normal; many mean the wrong data or a broken upload, so stop before training."""
     skipped = listed - usable
     if listed and skipped / listed > max_fraction:
@@ -122,6 +132,19 @@ def _check_known_labels(frame: pd.DataFrame, labels: list[str]) -> None:
         raise DataError(
             f"The validation channel has primary label(s) that training does not: {', '.join(unknown[:10])}. "
             "Every validation label must also appear as a primary label in the train channel."
+        )
+
+
+def _warn_overlap(train_frame: pd.DataFrame, val_frame: pd.DataFrame) -> None:
+    """The same recording in both channels inflates every validation score; say so (it is not an error)."""
+    shared = sorted(set(train_frame["filename"]) & set(val_frame["filename"]))
+    if shared:
+        logger.warning(
+            "%d of the %d validation recordings are also in the train channel (same filename, e.g. %s): validation "
+            "scores will look better than they are. Remove them from one of the channels.",
+            len(shared),
+            len(val_frame),
+            shared[:3],
         )
 
 

@@ -12,6 +12,8 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +31,12 @@ REQUIRED_COLUMNS = ("primary_label", "secondary_labels", "rating", "filename")
 MAX_RATING = 5.0
 # A recording rated 1 still teaches something: its loss weight is rating / 5, at least this.
 MIN_RATING_WEIGHT = 0.2
+# Separators tried, in order, when the header lacks the required columns split at commas.
+DELIMITERS = (",", ";", "\t", "|")
+# What a spreadsheet on Windows saves "CSV" in; it decodes Latin-1 text the same way.
+FALLBACK_ENCODING = "cp1252"
+# The longest file or folder name (one path part) that Linux file systems (ext4, xfs) hold.
+NAME_MAX_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -76,18 +84,114 @@ def read_metadata(channel_dir: Path) -> pd.DataFrame:
 def _load_csv(csv_path: Path) -> pd.DataFrame:
     if not csv_path.is_file():
         raise DataError(f"{csv_path} is missing: the channel must hold {METADATA_FILE} beside {AUDIO_DIR}/.")
+    text = _read_text(csv_path)
+    header = text.split("\n", 1)[0]
+    delimiter = _delimiter(header, csv_path)
     try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{csv_path} is not a readable CSV file: {error}.") from None
+        # skipinitialspace: "a, b, c" (spaces after the commas) reads as "a,b,c", quoted values included.
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{csv_path} is not a readable CSV file: {' '.join(str(error).split())}.") from None
+    frame.columns = _column_names(frame.columns, header, delimiter, csv_path)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError(
-            f"{csv_path} lacks the required column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
+            f"{csv_path} lacks the required column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}"
+            f"{_delimiter_hint(header)}."
         )
     if frame.empty:
         raise DataError(f"{csv_path} has no rows: there is nothing to train on.")
-    return frame.assign(primary_label=frame["primary_label"].str.strip(), filename=frame["filename"].str.strip())
+    return frame.assign(
+        primary_label=frame["primary_label"].str.strip(), filename=_normalise_filenames(frame["filename"])
+    )
+
+
+def _read_text(csv_path: Path) -> str:
+    """The file as text: UTF-8 (with or without a byte-order mark), else Windows-1252 with a warning."""
+    raw = csv_path.read_bytes()
+    if b"\x00" in raw:
+        raise DataError(f"{csv_path} is not a text CSV file (it holds NUL bytes); save the metadata as UTF-8 CSV.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        position = error.start
+    try:
+        text = raw.decode(FALLBACK_ENCODING)
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{csv_path} is not UTF-8 text (undecodable byte at position {position}); save it as UTF-8."
+        ) from None
+    logger.warning(
+        "%s is not UTF-8 (first undecodable byte at position %d): read as Windows-1252 (Latin-1). Save it as UTF-8 "
+        "to be sure that labels and filenames with accents are read as meant.",
+        csv_path,
+        position,
+    )
+    return text
+
+
+def _delimiter(header: str, csv_path: Path) -> str:
+    """',' unless the header only has the required columns when split at another separator (';', tab, '|')."""
+    for delimiter in DELIMITERS:
+        names = {name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])}
+        if set(REQUIRED_COLUMNS) <= names:
+            if delimiter != ",":
+                logger.warning("%s is separated by %r, not by commas: read it as such", csv_path, delimiter)
+            return delimiter
+    return ","
+
+
+def _delimiter_hint(header: str) -> str:
+    found = [delimiter for delimiter in DELIMITERS[1:] if delimiter in header]
+    return (
+        f" (the header holds {found[0]!r}: is the file separated by {found[0]!r}? It must be a comma-separated CSV)"
+        if found
+        else ""
+    )
+
+
+def _column_names(columns: pd.Index, header: str, delimiter: str, csv_path: Path) -> list[str]:
+    """Column names without surrounding spaces; a repeated name warns, and its first column is the one used."""
+    names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    if repeated:
+        logger.warning(
+            "%s names column(s) %s more than once; the first column of each name is used", csv_path, repeated
+        )
+    stripped, seen = [], set()
+    for column in columns:
+        name = str(column).strip()
+        # pandas renames exact repeats "name.1"; names that became equal only once stripped get the same.
+        while name in seen:
+            name += ".1"
+        seen.add(name)
+        stripped.append(name)
+    return stripped
+
+
+def _normalise_filenames(filenames: pd.Series) -> pd.Series:
+    """Strip spaces and turn Windows separators ('abc1\\XC1.ogg') into '/' (the layout of train_audio/)."""
+    filenames = filenames.str.strip()
+    windows = filenames.str.contains("\\", regex=False)
+    if windows.any():
+        logger.warning(
+            "%d filename(s) use Windows backslashes; read with '/' instead (e.g. %s)",
+            int(windows.sum()),
+            list(filenames[windows][:3]),
+        )
+    return filenames.str.replace("\\", "/", regex=False)
+
+
+def name_too_long(filename: str) -> str | None:
+    """The skip reason for a name with a path part longer than file systems allow, else None.
+
+    `Path.is_file()` raises (ENAMETOOLONG) for such a name instead of answering False, so every
+    place that probes a metadata filename asks this first.
+    """
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in PurePosixPath(filename).parts), default=0)
+    if longest > NAME_MAX_BYTES:
+        return f"file name too long (a path part of {longest} bytes; file systems allow {NAME_MAX_BYTES})"
+    return None
 
 
 def _drop_unusable_rows(frame: pd.DataFrame, csv_path: Path) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from torch import nn
 
 from birdsed.config import ModelConfig
 from birdsed.errors import ConfigError, DataError
+from birdsed.models import weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def resolve_weights(cfg: ModelConfig, channel_dir: Path | None) -> Path | None:
     if cfg.pretrained == "false":
         return None
     weights = find_pretrained_weights(channel_dir, cfg.backbone)
+    if weights is not None:
+        weights_file.read_shapes(weights, cfg.backbone)  # a junk file fails here, before the data is probed
     if weights is None and cfg.pretrained == "true":
         raise DataError(
             f"pretrained=true but no weights file ({', '.join(WEIGHT_SUFFIXES)}) was found in the "
@@ -69,6 +72,7 @@ def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -
     drops the classifier and adapts the stem to `in_chans`.
     """
     check_backbone_name(cfg.backbone)
+    shapes = weights_file.read_shapes(weights, cfg.backbone) if weights else {}
     options = {"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
     try:
         model = timm.create_model(
@@ -80,12 +84,13 @@ def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -
             drop_path_rate=cfg.drop_path_rate,
             **options,
         )
-    except (RuntimeError, KeyError, ValueError, OSError) as error:
+    except Exception as error:
         if weights is None:
             raise
-        raise DataError(f"Could not load pretrained weights {weights.name} into '{cfg.backbone}': {error}") from None
+        raise weights_file.loading_error(weights, cfg.backbone, error) from None
     _check_feature_maps(model, cfg.backbone, in_chans)
     if weights:
+        weights_file.check_loaded(model, shapes, weights, cfg.backbone)
         logger.info("Loaded pretrained weights for %s from %s", cfg.backbone, weights)
     return model
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from birdsed.augment import Augmentations
 from birdsed.data.audio import pcm16_to_float
 from birdsed.data.sampler import ShardSampler
-from birdsed.errors import DivergenceError
+from birdsed.errors import DataError, DivergenceError
 from birdsed.metrics import macro_roc_auc, padded_cmap
 from birdsed.training.amp import MixedPrecision
 from birdsed.training.distributed import Distributed, assemble_rows, unwrap
@@ -89,8 +89,12 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, st
     """
     trainer.model.train()
     step_losses: list[torch.Tensor] = []
+    usable_crops, crops = 0, 0
     for batch in loader:
         progress.batches_done += 1
+        # A crop that could not be read comes with weight 0 (see CropDataset); counted on the CPU, no sync.
+        usable_crops += int((batch["weight"] > 0).sum())
+        crops += len(batch["weight"])
         at_boundary = progress.batches_done % trainer.grad_accum_steps == 0
         at_boundary = at_boundary or progress.batches_done == trainer.batches_per_epoch
         step_losses.append(forward_backward(trainer, to_device(batch, trainer.device), sync_gradients=at_boundary))
@@ -99,8 +103,34 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, st
                 return True
             step_losses = []
             if trainer.limit_reached(progress):
-                return False
+                break
+    check_crops(trainer, progress, usable_crops, crops)
     return False
+
+
+def check_crops(trainer: Trainer, progress: Progress, usable: int, total: int) -> None:
+    """Log the crops that could not be read; stop when none could, rather than "train" on silence.
+
+    Files are checked when the job starts, so this only happens when they change under the job
+    (a cache synced over while training, a volume gone), but then an epoch of zero-weight crops
+    would end with `train_loss=0.000000`, a model and `output/success`.
+    """
+    totals = torch.tensor([float(usable), float(total)], dtype=torch.float64, device=trainer.device)
+    usable, total = (int(value) for value in trainer.distributed.sum(totals).tolist())
+    if usable < total:
+        logger.warning(
+            "Skipped %d of the %d training crops of epoch %d: unreadable (each named above); they contributed nothing",
+            total - usable,
+            total,
+            progress.epoch + 1,
+        )
+    if total and not usable:
+        raise DataError(
+            f"None of the {total} training crops of epoch {progress.epoch + 1} could be read (the log names each "
+            "file and reason): the training files changed or were damaged after the job's start check. No model was "
+            "written. Check the train channel's files (for a waveform cache: rerun code/prepare.py and upload the "
+            "cache again), then restart the job."
+        )
 
 
 def forward_backward(trainer: Trainer, batch: dict[str, torch.Tensor], sync_gradients: bool = True) -> torch.Tensor:

@@ -31,7 +31,7 @@ from birdsed.models import create_model
 from birdsed.models.backbone import check_backbone_name, resolve_weights
 from birdsed.optim import create_optimizer, create_scheduler
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import distributed, outputs
+from birdsed.training import checkpoint, distributed, outputs, resume_config
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -91,7 +91,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
     trainer = build_trainer(cfg, model, data, group)
-    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate)
+    noise_bank = load_noise_bank(env.channel("noise"), cfg.data.sample_rate, cfg.data.max_skipped_fraction)
     trainer.augment = create_augmentations(cfg.augment, cfg.run.seed, group.device, noise_bank, rank=group.rank)
     logger.info(
         "world_size=%d device=%s amp=%s parameters=%d batches_per_epoch=%d effective_batch_size=%d",
@@ -290,14 +290,18 @@ def resume(job: Job) -> Progress:
     if state is None:
         return Progress()
     check_compatible(state, job)
-    trainer = job.trainer
+    trainer, optim = job.trainer, job.cfg.optim
     unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scaler.load_state_dict(state["scaler"])
+    resume_config.apply_optimizer_settings(trainer.optimizer, trainer.scheduler, optim)
+    if state["scaler"] or not trainer.scaler.is_enabled():  # empty: saved with amp=off, now on (fresh scale)
+        trainer.scaler.load_state_dict(state["scaler"])
     # The same number of processes continues exactly; a different number continues from the same
     # weights and position with fresh per-process randomness.
     progress = Progress(**state["progress"])
+    saved_batch_size = state["config"]["optim"]["batch_size"]
+    progress.batches_done = resume_config.batches_in_new_size(progress.batches_done, saved_batch_size, optim.batch_size)
     if state["world_size"] == job.distributed.world_size:
         restore_rng_state(state["rng"][job.distributed.rank])
         if progress.batches_done:
@@ -307,19 +311,18 @@ def resume(job: Job) -> Progress:
 
 
 def check_compatible(state: dict, job: Job) -> None:
-    directory, cfg = job.env.checkpoint_dir, job.cfg
-    if state["labels"] != job.data.labels:
+    """Refuse a checkpoint made for other classes or another model or input; log the settings that changed."""
+    directory, labels = job.env.checkpoint_dir, job.data.labels
+    saved_labels = list(state["labels"])
+    if saved_labels != labels:
+        gone, new = sorted(set(saved_labels) - set(labels)), sorted(set(labels) - set(saved_labels))
+        difference = f"labels only there: {gone[:5]}; only in this dataset: {new[:5]}" if gone or new else "same labels"
         raise DataError(
-            f"The checkpoints in {directory} were made for {len(state['labels'])} other classes; "
-            "this dataset's labels differ. Use a new checkpoint location for a different dataset."
+            f"The checkpoints in {directory} were made for {len(saved_labels)} classes, this dataset has "
+            f"{len(labels)} ({difference}). Use a new checkpoint location (a new --job-name) for a different dataset."
         )
-    saved = state["config"]["model"]
-    if (saved["backbone"], saved["head"]) != (cfg.model.backbone, cfg.model.head):
-        raise DataError(
-            f"The checkpoints in {directory} are for backbone={saved['backbone']} head={saved['head']}; this job "
-            f"asks for backbone={cfg.model.backbone} head={cfg.model.head}. Use a new checkpoint location or the "
-            "same model."
-        )
+    automatic_split = job.env.channel("validation") is None
+    resume_config.check_settings(state["config"], job.cfg, directory, automatic_split)
 
 
 def finish(job: Job, progress: Progress) -> dict:
@@ -328,11 +331,7 @@ def finish(job: Job, progress: Progress) -> dict:
     if not job.distributed.is_main:
         return best or {}
     env = job.env
-    best_path = env.checkpoint_dir / BEST_WEIGHTS_FILE
-    if best_path.is_file():
-        weights = torch.load(best_path, map_location="cpu", weights_only=True)
-    else:
-        weights = unwrap(job.trainer.model).state_dict()
+    weights = final_weights(job, best)
     labels = job.data.labels
     outputs.write_model_dir(env.model_dir, weights, labels, job.cfg)
     exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg)
@@ -342,6 +341,46 @@ def finish(job: Job, progress: Progress) -> dict:
     if best is not None:
         logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
     return best or {}
+
+
+def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
+    """The best epoch's weights from `best_model.pt`; the current ones when there is none.
+
+    An unreadable or foreign `best_model.pt` (a damaged copy back from S3) is moved aside, and the
+    model comes from the best epoch's checkpoint if it is still kept, else from the newest one that
+    loads: a finished run never ends in an internal error, nor without a model.
+    """
+    current = unwrap(job.trainer.model).state_dict()
+    path = job.env.checkpoint_dir / BEST_WEIGHTS_FILE
+    if not path.is_file():
+        return current
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        problem = weights_mismatch(weights, current)
+    except Exception as error:  # noqa: BLE001 - any failure to load means "use a checkpoint instead"
+        problem = f"unreadable: {type(error).__name__}: {checkpoint.first_line(error)}"
+    if problem is None:
+        return weights
+    checkpoint.move_aside(path, problem)
+    found = checkpoint.load_epoch_checkpoint(job.env.checkpoint_dir, best["epoch"]) if best else None
+    if found is None:
+        logger.warning("No checkpoint loads either: the model is written with the weights of the last epoch")
+        return current
+    source, state = found
+    epoch, best_epoch = state["progress"]["epoch"], best["epoch"] if best else None
+    note = "the best epoch" if epoch == best_epoch else f"the newest that loads; the best epoch was {best_epoch}"
+    logger.warning("The model is written with the weights of %s (epoch %d, %s)", source.name, epoch, note)
+    return state["model"]
+
+
+def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str | None:
+    """Why `weights` are not a state dict of this model (other keys or shapes: another run's file), or None."""
+    if not isinstance(weights, dict):
+        return f"not a state dict ({type(weights).__name__})"
+    if weights.keys() != expected.keys():
+        return f"the weights of another model ({len(set(weights) ^ set(expected))} parameter names differ)"
+    wrong = [name for name, tensor in expected.items() if getattr(weights[name], "shape", None) != tensor.shape]
+    return f"the weights of another model ({wrong[0]} has another shape)" if wrong else None
 
 
 def best_record(history: list[dict]) -> dict | None:
