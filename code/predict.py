@@ -4,7 +4,8 @@
                            [--events events.csv] [--batch-size 16] [--amp] [--device auto]
 
 Rows are `<file stem>_<end second>` with one probability column per label (labels.json order);
-see README.md, "Using the model". Exit 0 when at least one recording was predicted, 1 otherwise
+recordings that share a stem get their path relative to the input folder instead of the stem.
+See docs/predict.md. Exit 0 when at least one recording was predicted, 1 otherwise
 (bad model, no usable recording), with the reason on stderr.
 """
 
@@ -45,16 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     try:
-        paths = predict.find_audio_files(args.audio)
-        if not paths:
+        inputs = predict.find_audio_inputs(args.audio)
+        if not inputs:
             raise UserError(f"No audio files ({', '.join(AUDIO_SUFFIXES)}) found in {' '.join(map(str, args.audio))}")
+        predict.check_outputs(args.out, args.events, [found.path for found in inputs])  # before any work
         with predict.open_model_dir(args.model) as model_dir:
             loaded = predict.load_model(model_dir, predict.default_device(args.device))
         predictor = predict.create_predictor(
             loaded, args.batch_size, args.amp, args.event_threshold if args.events else None
         )
         with logging_redirect_tqdm():
-            summary = predict.predict_to_csv(predictor, paths, args.out, args.events, progress=not args.quiet)
+            summary = predict.predict_to_csv(predictor, inputs, args.out, args.events, progress=not args.quiet)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,0 +1,178 @@
+"""Benchmarks of reading and predicting (issue 12's memory limits; issue 17's CPU speed): key=value lines.
+
+`memory`: peak resident memory (each case in a fresh process, so the peaks do not mix) of
+- `crop_peak_mb_rate_<Hz>`: a job's crop reads (CropDataset over raw files, as a DataLoader worker
+  reads them) of recordings at six odd sample rates, resampled to 32 kHz;
+- `predict_peak_mb`, `prepare_peak_mb`: predict and prepare on one hour of 48 kHz stereo audio;
+- `*_baseline_mb`: the same process after its imports, before any audio (torch alone is ~0.3 GB).
+The limit is 1.5 GB each (issue 12): `within_limit=true|false`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ODD_RATES = (22254, 8001, 11127, 44101, 47999, 96001)
+LIMIT_MB = 1536
+SAMPLE_RATE = 32000
+LONG_SECONDS = 3600
+LONG_RATE = 48000
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def in_fresh_process(function: Callable[..., dict], *args: object) -> dict:
+    """Run `function(*args)` in a new interpreter (spawn): its peak memory is its own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+# ---- inputs ----
+
+
+def write_odd_rate_recording(path: Path, rate: int, seconds: float = 30.0) -> Path:
+    rng = np.random.default_rng(rate)
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 1500 * t) + 0.05 * rng.standard_normal(len(t))
+    sf.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def write_long_recording(path: Path, seconds: int = LONG_SECONDS, rate: int = LONG_RATE) -> Path:
+    """An hour of 48 kHz stereo FLAC, written a minute at a time (tones over quiet noise)."""
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16", format="FLAC") as handle:
+        for minute in range(0, seconds, 60):
+            t = minute + np.arange(min(60, seconds - minute) * rate) / rate
+            tone = 0.2 * np.sin(2 * np.pi * (2000 + 500 * np.sin(2 * np.pi * 0.1 * t)) * t)
+            noise = 0.01 * rng.standard_normal((len(t), 2))
+            handle.write((tone[:, None] + noise).astype(np.float32))
+    return path
+
+
+# ---- the cases, each run in a fresh process ----
+
+
+def crop_case(path: str, crops: int = 64) -> dict:
+    """Random 5 s crops of one recording through `CropDataset` with the raw-audio source."""
+    from birdsed.data.audio import probe
+    from birdsed.data.dataset import CropDataset
+    from birdsed.data.metadata import Recordings
+
+    baseline = peak_mb()
+    seconds = probe(Path(path)).seconds
+    recordings = Recordings(
+        paths=[Path(path)],
+        primary_labels=["a"],
+        targets=np.ones((1, 1), dtype=np.float32),
+        sample_weights=np.ones(1, dtype=np.float32),
+        frame=None,
+    )
+    dataset = CropDataset(recordings, np.array([seconds]), SAMPLE_RATE, 5.0)
+    for seed in range(crops):
+        dataset[(0, seed)]
+    return {"baseline_mb": baseline, "peak_mb": peak_mb()}
+
+
+def predict_case(model_dir: str, audio: str, out: str) -> dict:
+    import torch
+
+    from birdsed import predict
+
+    torch.set_num_threads(1)
+    loaded = predict.load_model(Path(model_dir), torch.device("cpu"))
+    baseline = peak_mb()
+    started = time.perf_counter()
+    summary = predict.predict_to_csv(
+        predict.create_predictor(loaded, 16, amp=False, event_threshold=0.5), [Path(audio)], Path(out), progress=False
+    )
+    seconds = time.perf_counter() - started
+    return {"baseline_mb": baseline, "peak_mb": peak_mb(), "windows": summary.windows, "seconds": seconds}
+
+
+def prepare_case(audio: str, target: str) -> dict:
+    from birdsed.data.cache import convert_recording
+
+    baseline = peak_mb()
+    started = time.perf_counter()
+    entry = convert_recording(Path(audio), Path(target), SAMPLE_RATE)
+    if not isinstance(entry, dict):
+        raise RuntimeError(f"prepare failed: {entry}")
+    seconds = time.perf_counter() - started
+    return {"baseline_mb": baseline, "peak_mb": peak_mb(), "samples": entry["samples"], "seconds": seconds}
+
+
+def write_model_dir(directory: Path, backbone: str) -> Path:
+    """An untrained model (random init) of the job's shape: memory and speed do not depend on training."""
+    import torch
+
+    from birdsed.config import from_hyperparameters
+    from birdsed.models import create_model
+    from birdsed.training import outputs
+
+    cfg = from_hyperparameters({"backbone": backbone, "pretrained": "false", "sample_rate": SAMPLE_RATE})
+    labels = [f"species{index:03d}" for index in range(206)]  # BirdCLEF 2025's class count
+    torch.manual_seed(0)
+    outputs.write_model_dir(directory, create_model(cfg, len(labels)).state_dict(), labels, cfg)
+    return directory
+
+
+# ---- commands ----
+
+
+def run_memory(workdir: Path, backbone: str) -> Iterator[tuple[str, object]]:
+    yield "machine", f"{platform.processor() or platform.machine()} cpus={multiprocessing.cpu_count()}"
+    yield "limit_mb", LIMIT_MB
+    peaks = []
+    for rate in ODD_RATES:
+        path = write_odd_rate_recording(workdir / f"odd_{rate}.wav", rate)
+        result = in_fresh_process(crop_case, str(path))
+        peaks.append(result["peak_mb"])
+        yield f"crop_peak_mb_rate_{rate}", round(result["peak_mb"])
+    yield "crop_baseline_mb", round(result["baseline_mb"])
+    long = write_long_recording(workdir / "hour_48k_stereo.flac")
+    yield "long_recording", f"{LONG_SECONDS}s {LONG_RATE}Hz stereo FLAC {long.stat().st_size / 2**20:.0f}MB"
+    result = in_fresh_process(prepare_case, str(long), str(workdir / "hour.npy"))
+    peaks.append(result["peak_mb"])
+    yield "prepare_peak_mb", round(result["peak_mb"])
+    yield "prepare_baseline_mb", round(result["baseline_mb"])
+    yield "prepare_s", round(result["seconds"], 1)
+    model_dir = write_model_dir(workdir / "model", backbone)
+    yield "predict_backbone", backbone
+    result = in_fresh_process(predict_case, str(model_dir), str(long), str(workdir / "preds.csv"))
+    peaks.append(result["peak_mb"])
+    yield "predict_peak_mb", round(result["peak_mb"])
+    yield "predict_baseline_mb", round(result["baseline_mb"])
+    yield "predict_windows", result["windows"]
+    yield "predict_s", round(result["seconds"], 1)
+    yield "max_peak_mb", round(max(peaks))
+    yield "within_limit", str(max(peaks) <= LIMIT_MB).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    memory = commands.add_parser("memory", help="peak memory of crop reads at odd rates, predict and prepare")
+    memory.add_argument("--backbone", default="efficientnet_b0", help="the model predict runs (random init)")
+    memory.add_argument("--workdir", type=Path, help="keep the generated files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="birdsed-bench-") as temporary:
+        workdir = args.workdir or Path(temporary)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(BrokenPipeError):
+            for key, value in run_memory(workdir, args.backbone):
+                print(f"{key}={value}", flush=True)
+    return 0
