@@ -236,3 +236,45 @@ def test_prepare_converts_in_blocks_into_the_same_array(tmp_path, monkeypatch):
     np.testing.assert_array_equal(array, expected)
     assert len(reads) >= 2 and all(0 < frames <= 60 * 8000 for frames in reads)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["long.wav", "x.npy"]  # no temporary left
+
+
+# ---- reading ahead ----
+
+
+def test_the_prefetcher_reads_ahead_in_order_and_hands_each_error_to_its_recording(tmp_path):
+    paths = []
+    for index, seconds in enumerate((2.5, 0.0, 1.2, 3.0)):
+        path = tmp_path / f"r{index}.wav"
+        if seconds:
+            sf.write(path, chirps(seconds, 8000, seed=index), 8000)
+        else:
+            path.write_bytes(b"not audio at all" * 10)
+        paths.append(path)
+    inputs = [predict.AudioInput(path) for path in paths]
+    with predict.Prefetcher(inputs, 16000, block_seconds=1.0, depth=2) as prefetcher:
+        results = []
+        for index, (found, blocks, report) in enumerate(prefetcher.streams()):
+            assert found.path == paths[index]
+            if index == 3:
+                next(iter(blocks))  # abandoned after one block: the rest is skipped, nothing hangs
+                results.append("abandoned")
+                continue
+            try:
+                streamed = np.concatenate(list(blocks))
+            except audio.AudioReadError as error:
+                results.append(str(error))
+                continue
+            np.testing.assert_array_equal(streamed, audio.decode(paths[index], 16000))
+            assert report.samples == len(streamed)
+            results.append(len(streamed))
+    assert results[0] == 40000 and results[2] == 19200 and results[3] == "abandoned"
+    assert results[1].startswith("decoding failed")
+    assert not prefetcher.thread.is_alive()
+
+
+def test_a_prefetcher_left_early_stops_its_thread(tmp_path):
+    sf.write(tmp_path / "long.wav", chirps(30.0, 8000), 8000)
+    inputs = [predict.AudioInput(tmp_path / "long.wav")] * 3
+    with predict.Prefetcher(inputs, 16000, block_seconds=0.5, depth=1) as prefetcher:
+        next(prefetcher.streams())
+    assert not prefetcher.thread.is_alive()

@@ -6,6 +6,20 @@
 - `predict_peak_mb`, `prepare_peak_mb`: predict and prepare on one hour of 48 kHz stereo audio;
 - `*_baseline_mb`: the same process after its imports, before any audio (torch alone is ~0.3 GB).
 The limit is 1.5 GB each (issue 12): `within_limit=true|false`.
+
+`predict`: CPU speed of the two predict backends per backbone (random init: speed does not depend on
+training), each in a fresh process, keys prefixed `<backbone>.`:
+- `predict_windows_per_s_torch` (eager, fp32) and `predict_windows_per_s_onnx` (onnxruntime, all graph
+  optimisations), each at its best of `--batch-sizes` (named by `*_batch`; every size is printed too),
+  5 s windows at 32 kHz with the job's default features, `--threads` threads (default 1: the rate per
+  core), `onnx_speedup` their ratio (`onnx_speedup_at_batch_16`: both at the largest batch size),
+  `max_abs_diff` between the backends' probabilities;
+  rates are windows per second of the process's CPU time (`wall_*`: per wall-clock second, which on a
+  shared machine also measures the neighbours);
+- `decode_s_per_soundscape`: streaming a one-minute 32 kHz OGG (decode + windows, no model);
+- `birdclef2025_minutes_per_model`: 700 one-minute soundscapes (12 windows each) at the faster backend's
+  rate per core plus decoding, on Kaggle's 4 cores: 700 * (12 / rate + decode) / 4 / 60;
+- `ensemble5_minutes`: five such models (the goal: within 30 of Kaggle's 90 minutes).
 """
 
 from __future__ import annotations
@@ -130,6 +144,99 @@ def write_model_dir(directory: Path, backbone: str) -> Path:
     return directory
 
 
+# ---- predict speed ----
+
+BIRDCLEF_SOUNDSCAPES = 700  # BirdCLEF 2025's hidden test set: ~700 one-minute soundscapes, 90 min on 4 CPU cores
+KAGGLE_CORES = 4
+
+
+def speed_case(backbone: str, workdir: str, batch_sizes: list[int], threads: int, windows: int) -> dict:
+    """windows/s of both backends at each batch size, on the same random-init model and the same windows."""
+    import onnxruntime
+    import torch
+
+    from birdsed import export, predict
+
+    torch.set_num_threads(threads)
+    model_dir = Path(workdir) / backbone
+    if not (model_dir / export.ONNX_FILE).is_file():  # a rerun with --workdir reuses the export
+        write_model_dir(model_dir, backbone)
+    loaded = predict.load_model(model_dir, torch.device("cpu"))
+    samples = export.window_samples(loaded.cfg)
+    results: dict = {"onnxruntime": onnxruntime.__version__}
+    if not (model_dir / export.ONNX_FILE).is_file():
+        started = time.perf_counter()
+        export.export_onnx(loaded.model, samples, model_dir / export.ONNX_FILE)
+        results["export_s"] = time.perf_counter() - started
+    windows_in = (0.1 * np.random.default_rng(0).standard_normal((windows, samples))).astype(np.float32)
+    outputs = {}
+    for backend in predict.BACKENDS:
+        for batch_size in batch_sizes:
+            predictor = predict.create_predictor(
+                loaded, batch_size, False, backend=backend, threads=threads, model_dir=model_dir
+            )
+            predictor.predict_windows(windows_in[: 2 * batch_size])  # warm-up (allocations, onnxruntime's first run)
+            # CPU time of the process, not wall time: on a shared machine the wall clock measures the neighbours.
+            started, started_wall = time.process_time(), time.perf_counter()
+            outputs[backend] = predictor.predict_windows(windows_in)
+            results[f"{backend}_b{batch_size}"] = windows / (time.process_time() - started)
+            results[f"wall_{backend}_b{batch_size}"] = windows / (time.perf_counter() - started_wall)
+    results["max_abs_diff"] = max(
+        float(np.abs(outputs["torch"][name] - outputs["onnx"][name]).max()) for name in export.ONNX_OUTPUTS
+    )
+    return results
+
+
+def decode_case(path: str) -> dict:
+    from birdsed.data.audio import stream_audio
+    from birdsed.predict import stream_windows
+
+    started = time.process_time()
+    for _ in range(3):
+        count = sum(1 for _ in stream_windows(stream_audio(Path(path), SAMPLE_RATE), 5 * SAMPLE_RATE))
+    return {"seconds": (time.process_time() - started) / 3, "windows": count}
+
+
+def run_predict_speed(
+    workdir: Path, backbones: list[str], batch_sizes: list[int], threads: int, windows: int
+) -> Iterator[tuple[str, object]]:
+    yield "machine", f"{platform.processor() or platform.machine()} cpus={multiprocessing.cpu_count()}"
+    yield "threads", threads
+    yield "windows", windows
+    soundscape = workdir / "soundscape_1min.ogg"
+    t = np.arange(60 * SAMPLE_RATE) / SAMPLE_RATE
+    sf.write(soundscape, (0.2 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32), SAMPLE_RATE, format="OGG")
+    decode = in_fresh_process(decode_case, str(soundscape))
+    yield "decode_s_per_soundscape", round(decode["seconds"], 3)
+    for backbone in backbones:
+        result = in_fresh_process(speed_case, backbone, str(workdir), batch_sizes, threads, windows)
+        if "export_s" in result:
+            yield f"{backbone}.export_onnx_s", round(result["export_s"], 1)
+        best = {}
+        for backend in ("torch", "onnx"):
+            for batch_size in batch_sizes:
+                yield (
+                    f"{backbone}.{backend}_windows_per_s_batch_{batch_size}",
+                    round(result[f"{backend}_b{batch_size}"], 2),
+                )
+            best[backend] = max(batch_sizes, key=lambda size, backend=backend: result[f"{backend}_b{size}"])
+        torch_rate, onnx_rate = result[f"torch_b{best['torch']}"], result[f"onnx_b{best['onnx']}"]
+        per_core = max(torch_rate, onnx_rate) / threads
+        minutes = BIRDCLEF_SOUNDSCAPES * (12 / per_core + decode["seconds"]) / KAGGLE_CORES / 60
+        same = max(batch_sizes)
+        yield f"{backbone}.predict_windows_per_s_torch", round(torch_rate, 2)
+        yield f"{backbone}.predict_windows_per_s_torch_batch", best["torch"]
+        yield f"{backbone}.predict_windows_per_s_onnx", round(onnx_rate, 2)
+        yield f"{backbone}.predict_windows_per_s_onnx_batch", best["onnx"]
+        yield f"{backbone}.onnx_speedup", round(onnx_rate / torch_rate, 2)
+        yield f"{backbone}.onnx_speedup_at_batch_{same}", round(result[f"onnx_b{same}"] / result[f"torch_b{same}"], 2)
+        yield f"{backbone}.wall_windows_per_s_onnx", round(result[f"wall_onnx_b{best['onnx']}"], 2)
+        yield f"{backbone}.max_abs_diff", f"{result['max_abs_diff']:.2e}"
+        yield f"{backbone}.birdclef2025_minutes_per_model", round(minutes, 1)
+        yield f"{backbone}.ensemble5_minutes", round(5 * minutes, 1)
+    yield "onnxruntime", result["onnxruntime"]
+
+
 # ---- commands ----
 
 
@@ -168,11 +275,23 @@ def main(argv: list[str] | None = None) -> int:
     memory = commands.add_parser("memory", help="peak memory of crop reads at odd rates, predict and prepare")
     memory.add_argument("--backbone", default="efficientnet_b0", help="the model predict runs (random init)")
     memory.add_argument("--workdir", type=Path, help="keep the generated files here (default: a temporary folder)")
+    speed = commands.add_parser("predict", help="windows/s of predict's torch and onnx backends on this CPU")
+    speed.add_argument("--backbones", default="tf_efficientnetv2_s.in21k,efficientnet_b0", help="comma-separated")
+    speed.add_argument("--batch-sizes", default="1,2,4,16", help="comma-separated; each backend's best is reported")
+    speed.add_argument("--threads", type=int, default=1, help="threads per backend (1: the rate per core)")
+    speed.add_argument("--windows", type=int, default=48, help="5 s windows timed per backend")
+    speed.add_argument("--workdir", type=Path, help="keep the generated files here (default: a temporary folder)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="birdsed-bench-") as temporary:
         workdir = args.workdir or Path(temporary)
         workdir.mkdir(parents=True, exist_ok=True)
+        if args.command == "memory":
+            lines = run_memory(workdir, args.backbone)
+        else:
+            backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
+            batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+            lines = run_predict_speed(workdir, backbones, batch_sizes, args.threads, args.windows)
         with contextlib.suppress(BrokenPipeError):
-            for key, value in run_memory(workdir, args.backbone):
+            for key, value in lines:
                 print(f"{key}={value}", flush=True)
     return 0

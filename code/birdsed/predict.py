@@ -12,13 +12,17 @@ output gives events: runs of frames at or above a threshold, merged across windo
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import logging
 import math
 import os
+import queue
+import shutil
 import tarfile
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +35,7 @@ from tqdm import tqdm
 from birdsed.config import Config, from_hyperparameters
 from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, StreamReport, read_blocks
 from birdsed.errors import ConfigError, UserError
-from birdsed.export import window_samples
+from birdsed.export import ONNX_FILE, ONNX_INPUT, ONNX_OUTPUTS, export_onnx, window_samples
 from birdsed.models import SEDModel, create_model
 from birdsed.training.amp import MixedPrecision, mixed_precision
 from birdsed.training.outputs import CONFIG_FILE, LABELS_FILE, MODEL_FILE
@@ -372,10 +376,13 @@ class Predictor:
     precision: MixedPrecision | None = None
     event_threshold: float | None = None  # None: no events
     block_seconds: float = BLOCK_SECONDS
+    session: object | None = None  # an onnxruntime.InferenceSession of model.onnx: the ONNX backend
 
     @torch.inference_mode()
     def predict_windows(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """`[N, T]` windows -> `clipwise` `[N, K]` and `framewise` `[N, T', K]` probabilities."""
+        if self.session is not None:
+            return self._predict_onnx(windows)
         clipwise, framewise = [], []
         for start in range(0, len(windows), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(windows[start : start + self.batch_size])).to(self.device)
@@ -384,6 +391,15 @@ class Predictor:
             clipwise.append(torch.sigmoid(outputs["clipwise_logits"].float()).cpu())
             framewise.append(torch.sigmoid(outputs["framewise_logits"].float()).cpu())
         return {"clipwise": torch.cat(clipwise).numpy(), "framewise": torch.cat(framewise).numpy()}
+
+    def _predict_onnx(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        batches = [
+            self.session.run(
+                list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(windows[start : start + self.batch_size])}
+            )
+            for start in range(0, len(windows), self.batch_size)
+        ]
+        return {name: np.concatenate([batch[index] for batch in batches]) for index, name in enumerate(ONNX_OUTPUTS)}
 
     def predict_file(self, path: Path, file_id: str | None = None) -> FilePrediction:
         """Stream, window and predict one recording; raises `AudioReadError` for an unusable one."""
@@ -439,12 +455,64 @@ def _log_repairs(path: Path, report: StreamReport, ids: list[str], duration: flo
         )
 
 
+BACKENDS = ("torch", "onnx")
+
+
 def create_predictor(
-    loaded: LoadedModel, batch_size: int, amp: bool, event_threshold: float | None = None
+    loaded: LoadedModel,
+    batch_size: int,
+    amp: bool,
+    event_threshold: float | None = None,
+    backend: str = "torch",
+    threads: int | None = None,
+    model_dir: Path | None = None,
 ) -> Predictor:
+    """A predictor on `backend`: torch (eager, the loaded model) or onnx (onnxruntime on CPU, `model.onnx`
+    of `model_dir`). `threads`: CPU threads of either backend (None: the library's default, all cores)."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     device = next(loaded.model.parameters()).device
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if backend == "onnx":
+        if amp:
+            raise UserError("--amp applies to the torch backend; model.onnx runs in float32")
+        session = open_onnx_session(model_dir, loaded, threads)
+        return Predictor(loaded, torch.device("cpu"), batch_size, None, event_threshold, session=session)
     precision = mixed_precision("auto", device) if amp else None
     return Predictor(loaded, device, batch_size, precision, event_threshold)
+
+
+def open_onnx_session(model_dir: Path | None, loaded: LoadedModel, threads: int | None) -> object:
+    """An onnxruntime session of `model_dir/model.onnx`, all graph optimisations on. A model dir without
+    one (trained before ONNX export, or its export failed) gets it exported from `model.pt` first."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    path = model_dir / ONNX_FILE if model_dir is not None else None
+    if path is not None and path.is_file():
+        return _session(onnxruntime, path, options)
+    logger.warning("%s has no %s; exporting it from model.pt now (once; it takes a minute)", model_dir, ONNX_FILE)
+    with tempfile.TemporaryDirectory(prefix="birdsed-onnx-") as directory:
+        model = copy.deepcopy(loaded.model).cpu()
+        try:
+            export_onnx(model, window_samples(loaded.cfg), Path(directory) / ONNX_FILE)
+        except Exception as error:  # noqa: BLE001 - the exporter raises many types; all mean "use --backend torch"
+            raise UserError(
+                f"Exporting {ONNX_FILE} failed ({type(error).__name__}: {error}); use --backend torch"
+            ) from None
+        return _session(onnxruntime, Path(directory) / ONNX_FILE, options)
+
+
+def _session(onnxruntime: object, path: Path, options: object) -> object:
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime's load errors have no common base class
+        raise ModelDirError(f"{path}: onnxruntime cannot load it ({str(error).splitlines()[0][:300]})") from None
 
 
 def default_device(name: str = "auto") -> torch.device:
@@ -463,8 +531,19 @@ def default_device(name: str = "auto") -> torch.device:
 # ---- writing the CSVs ----
 
 
-def check_outputs(out: Path, events_out: Path | None = None, recordings: Sequence[Path] = ()) -> None:
+def check_outputs(
+    out: Path, events_out: Path | None = None, recordings: Sequence[Path] = (), raven_out: Path | None = None
+) -> None:
     """Refuse output paths that cannot be written, before any predicting (so no work is lost)."""
+    if raven_out is not None:
+        if raven_out.exists() and not raven_out.is_dir():
+            raise UserError(f"--events-format raven writes tables into {raven_out}, an existing file; move it.")
+        foreign = [p for p in raven_out.rglob("*") if p.is_file() and not p.name.endswith(RAVEN_SUFFIX)]
+        if raven_out.is_dir() and foreign:
+            raise UserError(
+                f"--events-format raven replaces {raven_out}, which holds other files ({foreign[0].name}); "
+                "move them or name other --events."
+            )
     named = [("--out", out)] + ([("--events", events_out)] if events_out is not None else [])
     if events_out is not None and out.resolve() == events_out.resolve():
         raise UserError(f"--out and --events name the same file ({out}); give the events their own file.")
@@ -500,31 +579,38 @@ def predict_to_csv(
     out: Path,
     events_out: Path | None = None,
     progress: bool = True,
+    raven: bool = False,
 ) -> Summary:
     """Predict every recording, writing rows as they come; unusable recordings are reported and skipped.
 
-    Both CSVs are written to temporary files and renamed at the end, so an interrupted run, or one
-    that predicted nothing (`NothingPredictedError`), leaves no CSV under the asked name.
+    Recordings are decoded and resampled in a background thread (`Prefetcher`), so the next one is
+    read while the model runs on this one. Both CSVs (and the Raven tables, `raven` with `events_out`)
+    are written to temporary files and renamed at the end, so an interrupted run, or one that
+    predicted nothing (`NothingPredictedError`), leaves nothing under the asked names.
     """
     inputs = [item if isinstance(item, AudioInput) else AudioInput(item) for item in paths]
-    check_outputs(out, events_out, [found.path for found in inputs])
+    raven_out = raven_dir(events_out) if raven and events_out is not None else None
+    check_outputs(out, events_out, [found.path for found in inputs], raven_out)
     ids = file_ids(inputs)
     summary = Summary()
-    with _atomic_csv(out) as rows, _atomic_csv(events_out) as events:
+    cfg = predictor.loaded.cfg
+    prefetcher = Prefetcher(inputs, cfg.data.sample_rate, predictor.block_seconds)
+    with _atomic_csv(out) as rows, _atomic_csv(events_out) as events, _atomic_dir(raven_out) as tables, prefetcher:
         rows.writerow(["row_id", *predictor.loaded.labels])
         if events is not None:
             events.writerow(EVENT_COLUMNS)
-        for found, file_id in tqdm(
-            list(zip(inputs, ids, strict=True)), unit="file", disable=not progress, dynamic_ncols=True
-        ):
+        streams = zip(prefetcher.streams(), ids, strict=True)
+        for (found, blocks, report), file_id in tqdm(streams, total=len(ids), unit="file", disable=not progress):
             try:
-                prediction = predictor.predict_file(found.path, file_id)
+                prediction = predictor.predict_blocks(found.path, file_id, blocks, report)
             except AudioReadError as error:
                 logger.warning("Skipping %s: %s", found.path, error)
                 summary.skipped_files += 1
                 summary.skipped.append((found.path, str(error)))
                 continue
             _write_prediction(rows, events, prediction)
+            if tables is not None:
+                write_raven_table(tables / raven_table_name(file_id), prediction.events, cfg, found.path)
             summary.predicted_files += 1
             summary.windows += len(prediction.row_ids)
         if not summary.predicted_files:
@@ -533,6 +619,146 @@ def predict_to_csv(
                 f"{out} was not written."
             )
     return summary
+
+
+class Prefetcher:
+    """Streams the recordings' blocks (`read_blocks`) in one background thread, in order, at most
+    `depth` blocks ahead: decoding and resampling of the next recording overlap the model's work on
+    this one (libsndfile, soxr, torch and onnxruntime release the GIL while they compute)."""
+
+    _END = object()
+
+    def __init__(self, inputs: Sequence[AudioInput], sample_rate: int, block_seconds: float, depth: int = 3) -> None:
+        self.inputs, self.sample_rate, self.block_seconds = list(inputs), sample_rate, block_seconds
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.reports = [StreamReport() for _ in self.inputs]
+        self.thread = threading.Thread(target=self._produce, name="birdsed-prefetch", daemon=True)
+
+    def __enter__(self) -> Prefetcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def streams(self) -> Iterator[tuple[AudioInput, Iterator[np.ndarray], StreamReport]]:
+        """(recording, its blocks, its report) in input order; each block iterator raises the
+        recording's `AudioReadError`. Blocks a consumer leaves unread are skipped."""
+        for index, found in enumerate(self.inputs):
+            blocks = self._blocks(index)
+            yield found, blocks, self.reports[index]
+            with contextlib.suppress(AudioReadError):
+                for _ in blocks:  # the rest of an abandoned recording
+                    pass
+
+    def _blocks(self, index: int) -> Iterator[np.ndarray]:
+        while True:
+            item_index, item = self.queue.get()
+            if item_index != index:
+                raise RuntimeError(f"prefetch out of order: got recording {item_index}, expected {index}")
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _produce(self) -> None:
+        for index, found in enumerate(self.inputs):
+            try:
+                for block in read_blocks(found.path, self.sample_rate, self.block_seconds, self.reports[index]):
+                    if not self._put((index, block)):
+                        return
+                item = self._END
+            except Exception as error:  # noqa: BLE001 - handed to the consumer, who raises it in its thread
+                item = error
+            if not self._put((index, item)):
+                return
+
+    def _put(self, item: tuple[int, object]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+# ---- Raven Pro selection tables ----
+
+RAVEN_COLUMNS = (
+    "Selection",
+    "View",
+    "Channel",
+    "Begin Time (s)",
+    "End Time (s)",
+    "Low Freq (Hz)",
+    "High Freq (Hz)",
+    "Species",
+    "Score",
+    "Begin File",
+)
+RAVEN_SUFFIX = ".Table.1.selections.txt"  # Raven's own name for a table saved beside a sound file
+
+
+def raven_dir(events_out: Path) -> Path:
+    """Where the Raven tables of `--events events.csv` go: `events_raven/` beside it."""
+    return events_out.with_name(f"{events_out.stem}_raven")
+
+
+def raven_table_name(file_id: str) -> Path:
+    """`<file id>.Table.1.selections.txt`, keeping a qualified id's folders, never leaving the table folder."""
+    parts = [part for part in Path(file_id).parts if part not in ("", ".", "..", "/")]
+    return Path(*parts).with_name(parts[-1] + RAVEN_SUFFIX)
+
+
+def write_raven_table(path: Path, events: Sequence[Event], cfg: Config, recording: Path) -> None:
+    """One recording's events as a Raven Pro selection table (tab-separated, one selection per event,
+    spanning the mel front end's frequency range; the header alone when there are none)."""
+    low, high = cfg.features.fmin, min(cfg.features.fmax, cfg.data.sample_rate / 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        table = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        table.writerow(RAVEN_COLUMNS)
+        for number, event in enumerate(events, start=1):
+            times = [f"{event.onset_s:.3f}", f"{event.offset_s:.3f}"]
+            table.writerow(
+                [
+                    number,
+                    "Spectrogram 1",
+                    1,
+                    *times,
+                    f"{low:g}",
+                    f"{high:g}",
+                    event.label,
+                    f"{event.score:.4f}",
+                    recording.name,
+                ]
+            )
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: Path | None) -> Iterator[Path | None]:
+    """A temporary folder beside `path`, renamed to `path` on success (a previous one is replaced)."""
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield temporary
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(temporary, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _write_prediction(rows: csv.writer, events: csv.writer | None, prediction: FilePrediction) -> None:
