@@ -2,7 +2,7 @@
 
     python code/predict.py --model MODEL_DIR_OR_TAR_GZ --audio FILES_OR_DIRS... --out preds.csv
                            [--events events.csv [--events-format csv|raven]] [--backend torch|onnx]
-                           [--threads N] [--batch-size 16] [--amp] [--device auto]
+                           [--threads N] [--batch-size N] [--amp] [--device auto]
 
 Rows are `<file stem>_<end second>` with one probability column per label (labels.json order);
 recordings that share a stem get their path relative to the input folder instead of the stem.
@@ -43,12 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--backend", choices=predict.BACKENDS, default="torch", help="onnx: model.onnx on onnxruntime (CPU)"
     )
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, help="windows per forward pass (default: 16 on CUDA, 4 on CPU, 1 with onnx)"
+    )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         with predict.open_model_dir(args.model) as model_dir:
             loaded = predict.load_model(model_dir, device)
             threshold = args.event_threshold if args.events else None
+            batch_size = args.batch_size or predict.default_batch_size(args.backend, device)
             predictor = predict.create_predictor(
-                loaded, args.batch_size, args.amp, threshold, args.backend, args.threads, model_dir
+                loaded, batch_size, args.amp, threshold, args.backend, args.threads, model_dir
             )
         with logging_redirect_tqdm():
             summary = predict.predict_to_csv(

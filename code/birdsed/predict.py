@@ -458,6 +458,14 @@ def _log_repairs(path: Path, report: StreamReport, ids: list[str], duration: flo
 BACKENDS = ("torch", "onnx")
 
 
+def default_batch_size(backend: str, device: torch.device) -> int:
+    """Windows per forward pass, as measured fastest (`code/bench_inference.py predict`): on a CPU, small
+    batches stay in cache (torch eager: 4; onnxruntime: 1, ~10 % ahead of 4); a GPU wants larger ones."""
+    if backend == "onnx":
+        return 1
+    return 16 if device.type == "cuda" else 4
+
+
 def create_predictor(
     loaded: LoadedModel,
     batch_size: int,
