@@ -47,7 +47,7 @@ RUN --mount=type=bind,source=requirements.txt,target=/build/requirements.txt \
     --mount=type=tmpfs,target=/tmp \
     python /build/install_requirements.py install \
         --requirements /build/requirements.txt --constraints /build/constraints.txt --find-links /build/wheels \
-    && python -c 'import torch, torchaudio, sagemaker_training; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)'
+    && python -c 'import torch, torchaudio, sagemaker_training, soxr, onnx, onnxruntime, onnxscript; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)'
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -12,8 +12,9 @@ from birdsed.data.synthetic import make_dataset
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 
-# Tiny models, no DataLoader workers: seconds per job on a CPU.
-FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0}
+# Tiny models, no DataLoader workers: seconds per job on a CPU. No ONNX export (15-30 s per job here):
+# test_use_model.py and test_onnx.py export it.
+FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0, "export_onnx": False}
 
 
 @pytest.fixture(scope="session")

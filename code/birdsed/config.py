@@ -133,6 +133,9 @@ class RunConfig:
     sync_batchnorm: bool = False
     # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
     compile: bool = False
+    # model.onnx beside model.pt2 at the end of training (onnxruntime, CPU inference, Kaggle); takes
+    # 15-60 s on the job's CPU; a failed export is logged and recorded, never fails the job.
+    export_onnx: bool = True
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk, a folder that became unwritable, ...: one line, no traceback
+        print(f"error: cannot write the cache in {args.output}: {error}", file=sys.stderr)
+        return 1
     for name, reason in report.unreadable.items():
         print(f"unreadable: {name}: {reason}")
     index = report.index
@@ -39,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         f"cache={args.output} sample_rate={index.sample_rate} recordings={len(index.files)} "
         f"converted={report.converted} skipped={report.skipped} unreadable={len(report.unreadable)}"
     )
+    clipped = {name: entry["clipped"] for name, entry in index.files.items() if entry.get("clipped")}
+    if clipped:
+        # The rule of training and predict: samples beyond full scale are clipped, and said once with a count.
+        print(
+            f"clipped: {sum(clipped.values())} samples beyond full scale clipped to [-1, 1] in {len(clipped)} "
+            f"recordings (per file in {args.output / 'cache.json'})"
+        )
     if not index.files:
         print(f"error: none of the recordings in {args.input} could be read (see above)", file=sys.stderr)
         return 1

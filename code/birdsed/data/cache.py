@@ -29,6 +29,7 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from birdsed.data import metadata
-from birdsed.data.audio import PCM_SCALE, AudioReadError, decode, to_pcm16
+from birdsed.data.audio import PCM_SCALE, AudioReadError, StreamReport, read_blocks, to_pcm16
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def prepare_cache(
     """
     if input_dir.resolve() == output_dir.resolve():
         raise DataError("--output must be a folder other than --input.")
+    _check_output_dir(output_dir)
     names = sorted(set(metadata.read_metadata(input_dir)["filename"]))
     previous = _previous_files(output_dir, sample_rate)
     _write_index(output_dir, sample_rate, files=previous, unreadable={}, complete=False)
@@ -289,6 +291,20 @@ def prepare_cache(
     _copy_atomically(input_dir / metadata.METADATA_FILE, output_dir / metadata.METADATA_FILE)
     report.index = _write_index(output_dir, sample_rate, files, report.unreadable, complete=True)
     return report
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Refuse an output that cannot become a folder before any work is done (one-line reasons)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"--output {output_dir} is an existing file, not a folder; name a new or existing folder.")
+    ancestor = output_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DataError(f"--output {output_dir}: {ancestor} is a file, so the folder cannot be created there.")
+    writable = output_dir if output_dir.exists() else ancestor
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise DataError(f"--output {output_dir}: no permission to write in {writable}.")
 
 
 def _convert_all(
@@ -318,25 +334,57 @@ def _single_threaded() -> None:
 
 
 def convert_recording(source: Path, target: Path, sample_rate: int) -> dict[str, int] | AudioReadError:
-    """Decode one recording into its cache array; returns its entry, or the error (not raised: pool-safe)."""
+    """Decode one recording into its cache array; returns its entry, or the error (not raised: pool-safe).
+
+    The recording is decoded, downmixed and resampled in blocks (`read_blocks`) and each block is
+    appended to the array as it comes, so a worker's memory does not grow with the recording's length.
+    The `.npy` header is written first with a length of 0 and rewritten in place at the end (numpy pads
+    the header so that the length can grow without moving the data).
+    """
+    too_long = metadata.name_too_long(str(source)) or metadata.name_too_long(str(target))
+    if too_long:  # asked first: is_file() raises for such a name instead of answering False
+        return AudioReadError(too_long)
+    if not source.is_file():
+        return AudioReadError("file not found")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    report = StreamReport()
     try:
-        too_long = metadata.name_too_long(str(source)) or metadata.name_too_long(str(target))
-        if too_long:  # asked first: is_file() raises for such a name instead of answering False
-            raise AudioReadError(too_long)
-        if not source.is_file():
-            raise AudioReadError("file not found")
-        waveform = decode(source, sample_rate)
-        if len(waveform) == 0:
-            raise AudioReadError("no audio frames")
+        with open(temporary, "wb") as handle:
+            header_bytes = _write_npy_header(handle, 0)
+            for block in read_blocks(source, sample_rate, report=report, nonfinite="raise"):
+                handle.write(to_pcm16(block)[0].tobytes())
+            if report.samples == 0:
+                raise AudioReadError("no audio frames")
+            handle.seek(0)
+            if _write_npy_header(handle, report.samples) != header_bytes:
+                raise RuntimeError("the .npy header changed size when rewritten")  # numpy guarantees it does not
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
     except AudioReadError as error:
         return error
-    samples, clipped = to_pcm16(waveform)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        np.save(handle, samples)
-    os.replace(temporary, target)
-    return {"samples": len(samples), "clipped": clipped}
+    finally:
+        temporary.unlink(missing_ok=True)
+    return {"samples": report.samples, "clipped": report.clipped}
+
+
+def _write_npy_header(handle: BinaryIO, samples: int) -> int:
+    """Write the `.npy` (version 1.0) header of a 1-D int16 array at the handle's position; returns its size."""
+    start = handle.tell()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)), "fortran_order": False, "shape": (samples,)}
+    np.lib.format.write_array_header_1_0(handle, header)
+    return handle.tell() - start
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _complete_length(path: Path) -> int | None:

@@ -334,7 +334,8 @@ def finish(job: Job, progress: Progress) -> dict:
     weights = final_weights(job, best)
     labels = job.data.labels
     outputs.write_model_dir(env.model_dir, weights, labels, job.cfg)
-    exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg)
+    check = export.check_waveforms(job.data.validation, export.window_samples(job.cfg))  # validation crops
+    exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg, check)
     summary = {"per_class_ap": reports.ap_by_label(labels, best), "export": exported}
     outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
     job.reporter.finish(progress.history, best)
