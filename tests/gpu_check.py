@@ -46,21 +46,10 @@ REQUIRED_MODULES = ("soundfile",)
 RESULT_PREFIX = "GPU_CHECK_RESULT "
 LOG_TAIL = 25  # lines of a failed child's log printed under its FAIL line
 
-# The model every training check uses: timm's tiny EfficientNet at 16 kHz (the test suite's job), so the
-# learning check needs seconds per epoch; the benchmark runs the default backbone.
-TINY = {
-    "backbone": "test_efficientnet",
-    "pretrained": "false",
-    "sample_rate": 16000,
-    "fmax": 8000,
-    "n_mels": 48,
-    "n_fft": 1024,
-    "hop_length": 256,
-    "duration": 3,
-    "batch_size": 16,
-    "lr": 3e-3,
-    "seed": 5,
-}
+# The training checks use the test suite's tiny job (`birdsed.config.TINY_HYPERPARAMETERS`: timm's tiny
+# EfficientNet at 16 kHz, seconds per epoch), which the setup step reads from birdsed; the benchmark runs
+# the default backbone.
+TINY_EXTRAS = {"pretrained": "false", "seed": 5}
 
 
 @dataclass(frozen=True)
@@ -121,6 +110,7 @@ class Context:
     deadline: float
     env: dict[str, str]
     launcher: str  # "toolkit" or "train.py"
+    tiny: dict = field(default_factory=dict)  # the tiny job's hyperparameters, from the setup step
     results: list[tuple[str, bool]] = field(default_factory=list)
     artifacts: dict[str, Path] = field(default_factory=dict)
 
@@ -270,6 +260,7 @@ def check_setup(ctx: Context, installed_wheels: list[str]) -> dict:
         recordings_per_species=plan.recordings_per_species,
         seconds=plan.seconds,
     )
+    ctx.tiny = figures.pop("tiny_hyperparameters")
     return {"installed_wheels": ",".join(installed_wheels) or "none", "launcher": ctx.launcher, **figures}
 
 
@@ -330,7 +321,13 @@ def check_amp_learns(ctx: Context) -> dict:
     """fp16 autocast + GradScaler on CUDA (bf16 on CPU): the job learns, the scaler's state is in the checkpoint."""
     plan = ctx.plan
     # One process (no torchrun), as on a one-GPU instance: the most common job.
-    hyperparameters = {**TINY, "epochs": plan.learn_epochs, "val_fraction": 0.25, "augment": "off", "nproc_per_node": 1}
+    hyperparameters = {
+        **ctx.tiny,
+        "epochs": plan.learn_epochs,
+        "val_fraction": 0.25,
+        "augment": "off",
+        "nproc_per_node": 1,
+    }
     base, output = run_job(ctx, "learn", hyperparameters, plan.timeouts["learn"])
     ctx.artifacts["model_dir"] = base / "model"
     best = read_metrics(base)["best"]
@@ -361,7 +358,7 @@ def scaler_state(checkpoint_dir: Path) -> dict:
 def check_torchrun(ctx: Context) -> dict:
     """`distributed=always` with one process: toolkit -> train.py -> torchrun -> NCCL (gloo on CPU) -> DDP."""
     hyperparameters = {
-        **TINY,
+        **ctx.tiny,
         **{"epochs": 1, "max_steps": 3, "val_fraction": 0.25, "nproc_per_node": 1, "distributed": "always"},
     }
     base, output = run_job(ctx, "torchrun", hyperparameters, ctx.plan.timeouts["torchrun"])
@@ -441,7 +438,7 @@ def check_nonfinite(ctx: Context) -> dict:
 
 def check_compile(ctx: Context) -> dict:
     # The tiny backbone: inductor compiles efficientnet_b0's forward and backward for minutes, not the point here.
-    return run_step(ctx, "compile", ctx.plan.timeouts["compile"], backbone=TINY["backbone"])
+    return run_step(ctx, "compile", ctx.plan.timeouts["compile"], backbone=ctx.tiny["backbone"])
 
 
 BENCH_KEYS = ("model_only_samples_per_s", "step_samples_per_s", "step_efficiency", "aug_ms_per_batch")
@@ -547,6 +544,7 @@ def step_setup(device: str, work: Path, species: int, recordings_per_species: in
 
     from birdsed.data.audio import decode
     from birdsed.data.synthetic import make_dataset, synthesize_recording
+    from birdsed.export import window_samples
     from birdsed.predict import cut_windows
 
     figures = {"torch": torch.__version__, "torchaudio": torchaudio.__version__, "timm": timm.__version__}
@@ -557,17 +555,29 @@ def step_setup(device: str, work: Path, species: int, recordings_per_species: in
     labels = sorted(path.name for path in (work / "data" / "train_audio").iterdir())
     soundscape = synthesize_recording(np.random.default_rng(1), labels[0], labels[1:2], 10.0, 32000)
     sf.write(work / "soundscape.ogg", soundscape, 32000)
-    windows = cut_windows(decode(work / "soundscape.ogg", TINY["sample_rate"]), TINY["duration"] * TINY["sample_rate"])
+    cfg = tiny_config()
+    windows = cut_windows(decode(work / "soundscape.ogg", cfg.data.sample_rate), window_samples(cfg))
     torch.save(torch.from_numpy(windows), work / "windows.pt")
     figures.update(recordings=species * recordings_per_species, soundscape_windows=len(windows))
-    return figures
+    return {**figures, "tiny_hyperparameters": tiny_hyperparameters()}
+
+
+def tiny_hyperparameters() -> dict:
+    from birdsed.config import TINY_HYPERPARAMETERS
+
+    return {**TINY_HYPERPARAMETERS, **TINY_EXTRAS}
+
+
+def tiny_config(**overrides: object):
+    from birdsed.config import from_hyperparameters
+
+    return from_hyperparameters({**tiny_hyperparameters(), **overrides})
 
 
 def tiny_trainer(backbone: str, device_name: str, compile_model: bool = False):
     """A real model, optimizer, loss and Trainer on the device, set up as a job sets them up."""
     import torch
 
-    from birdsed.config import from_hyperparameters
     from birdsed.losses import create_loss
     from birdsed.models import create_model
     from birdsed.optim import create_optimizer, create_scheduler
@@ -577,7 +587,7 @@ def tiny_trainer(backbone: str, device_name: str, compile_model: bool = False):
     from birdsed.training.performance import configure_backends, optimise_model
 
     device = torch.device(device_name)
-    cfg = from_hyperparameters({**TINY, "backbone": backbone})
+    cfg = tiny_config(backbone=backbone)
     configure_backends(device)
     torch.manual_seed(0)
     model = optimise_model(create_model(cfg, 4).to(device), device, compile_model)

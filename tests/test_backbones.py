@@ -14,15 +14,13 @@ import sys
 import textwrap
 
 import numpy as np
-import predict as predict_cli
 import pytest
 import soundfile as sf
 import timm
 import torch
-from test_distributed import free_port, toolkit_env
 from torch import nn
 
-import local_job
+from birdsed.commands import predict as predict_cli
 from birdsed.config import from_hyperparameters
 from birdsed.data.synthetic import make_dataset
 from birdsed.errors import ConfigError
@@ -35,6 +33,8 @@ from birdsed.training.amp import mixed_precision
 from birdsed.training.distributed import Distributed
 from birdsed.training.loop import Progress, Trainer, finish_step, forward_backward
 from birdsed.training.signals import NeverStop
+from birdsed_launch import local_job
+from test_distributed import free_port, toolkit_env
 
 MATRIX = [
     "efficientnet_b0",

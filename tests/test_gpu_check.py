@@ -7,9 +7,9 @@ import subprocess
 import sys
 import zipfile
 
-import gpu_check
 import pytest
 
+import gpu_check
 from conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "tests" / "gpu_check.py"
