@@ -2,9 +2,9 @@
 
 timm keeps some modules outside `forward_features`, after the global pool: MobileNetV3's and
 GhostNet's `conv_head`, the `head.norm` of ConvNeXt and EdgeNeXt, HGNetV2's `head.last_conv`.
-The SED model never calls them, so their parameters never get a gradient: AdamW trains them on
-nothing, they are saved and exported for nothing, and DistributedDataParallel (which keeps
-`find_unused_parameters=False`, the fast path) stops at the first step of a multi-GPU job.
+The SED model never calls them, so their parameters never get a gradient: they stay as initialised
+(AdamW skips them), are saved and exported for nothing, and DistributedDataParallel (which keeps
+`find_unused_parameters=False`, the fast path) stops a multi-GPU job at its second step.
 
 One forward and backward pass of a small input on the CPU finds them: a top-level module none of
 whose parameters gets a gradient is replaced by `nn.Identity`, whatever the timm family, and any
