@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt pyproject.toml
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+
+# The CUDA paths on one GPU in under 8 minutes, with the machine's own Python (no .venv, no setup);
+# without CUDA, the same checks as a CPU smoke run. GPU_CHECK_ARGS="--wheels DIR ..." passes options.
+# See docs/gpu-check.md.
+gpu-check:
+	$(PYTHON) tests/gpu_check.py $(GPU_CHECK_ARGS)
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-import predict as predict_cli
 import pytest
 import soundfile as sf
 import torch
 
-import local_job
 from birdsed import export, predict
+from birdsed.commands import predict as predict_cli
 from birdsed.data.audio import decode
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
 
 pytestmark = pytest.mark.slow

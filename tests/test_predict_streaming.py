@@ -8,13 +8,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import predict as predict_cli
 import pytest
 import soundfile as sf
 import torch
 
-import prepare as prepare_cli
 from birdsed import predict
+from birdsed.commands import predict as predict_cli
+from birdsed.commands import prepare as prepare_cli
 from birdsed.config import from_hyperparameters
 from birdsed.data import audio, cache
 from birdsed.data.synthetic import make_dataset

@@ -37,3 +37,19 @@ def test_multi_host_jobs_pin_the_interface_sagemaker_names():
     assert torchrun.network_environment(env, {}) == {"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
     assert torchrun.network_environment(env, {"NCCL_SOCKET_IFNAME": "ens5"}) == {"GLOO_SOCKET_IFNAME": "eth0"}
     assert torchrun.network_environment(environment(SM_NETWORK_INTERFACE_NAME="eth0"), {}) == {}
+
+
+def test_distributed_always_starts_torchrun_even_for_one_process():
+    cfg = from_hyperparameters({"distributed": "always"})
+    command = torchrun.command(cfg, environment(), 0, SCRIPT, [])
+    assert "--nproc_per_node=1" in command and "--nnodes=1" in command
+    child = environment(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", TORCHELASTIC_RUN_ID="x")
+    assert torchrun.command(cfg, child, 0, SCRIPT, []) is None
+
+
+def test_one_process_joins_a_process_group_only_under_torchrun_with_distributed_always():
+    from birdsed.training import distributed
+
+    alone = distributed.setup(environment().process, always=True)  # not started by torchrun: nothing to join
+    assert not alone.enabled and alone.world_size == 1
+    assert not distributed.setup(environment().process).enabled

@@ -131,6 +131,9 @@ class RunConfig:
     checkpoint_keep: int = field(default=3, metadata=_range(1, 1000))
     nproc_per_node: int = field(default=0, metadata=_range(0, 64))  # 0: one per GPU, 1 without GPUs
     sync_batchnorm: bool = False
+    # auto: torchrun and DistributedDataParallel only for more than one process; always: also for one, so a
+    # single GPU rehearses a multi-GPU job's code path (torchrun, NCCL, DDP, collectives), as the GPU check does.
+    distributed: Literal["auto", "always"] = "auto"
     # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
     compile: bool = False
     # model.onnx beside model.pt2 at the end of training (onnxruntime, CPU inference, Kaggle); takes

@@ -74,11 +74,12 @@ def run_agent(command: Sequence[str], output_dir: Path) -> int:
 
 
 def command(cfg: Config, env: SageMakerEnv, visible_gpus: int, script: Path, argv: Sequence[str]) -> list[str] | None:
-    """The torchrun command line that runs `script argv` everywhere, or None when one process is enough."""
+    """The torchrun command line that runs `script argv` everywhere, or None when one process is enough
+    (and `distributed=always` does not ask for torchrun anyway)."""
     if env.process.under_torchrun:
         return None
     per_node = processes_per_node(cfg, env, visible_gpus)
-    if per_node * len(env.hosts) == 1:
+    if per_node * len(env.hosts) == 1 and cfg.run.distributed == "auto":
         return None
     if env.current_host not in env.hosts:
         raise ConfigError(f"This host ({env.current_host}) is not in the job's host list {list(env.hosts)}.")

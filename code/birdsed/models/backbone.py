@@ -1,4 +1,4 @@
-"""timm backbones with their classifier and final pooling removed, weights from a local file."""
+"""timm backbones without their classifier, final pooling and other head-side modules; weights from a local file."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from birdsed.config import ModelConfig
 from birdsed.errors import ConfigError, DataError
 from birdsed.models import weights_file
+from birdsed.models.probe import keep_used_modules
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -
     """A timm model returning feature maps `[B, C, F, T]` from `forward_features`.
 
     Weights load through timm's own loader (safetensors or `torch.load(weights_only=True)`), which
-    drops the classifier and adapts the stem to `in_chans`.
+    drops the classifier and adapts the stem to `in_chans`. Head-side modules that `forward_features`
+    does not use are dropped too, and parameters that would get no gradient are refused (`probe`).
     """
     check_backbone_name(cfg.backbone)
     shapes = weights_file.read_shapes(weights, cfg.backbone) if weights else {}
@@ -88,20 +89,8 @@ def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -
         if weights is None:
             raise
         raise weights_file.loading_error(weights, cfg.backbone, error) from None
-    _check_feature_maps(model, cfg.backbone, in_chans)
+    keep_used_modules(model, cfg.backbone, in_chans)
     if weights:
         weights_file.check_loaded(model, shapes, weights, cfg.backbone)
         logger.info("Loaded pretrained weights for %s from %s", cfg.backbone, weights)
     return model
-
-
-def _check_feature_maps(model: nn.Module, name: str, in_chans: int) -> None:
-    model.eval()
-    with torch.no_grad():
-        output = model.forward_features(torch.zeros(1, in_chans, 64, 64))
-    model.train()
-    if output.ndim != 4:
-        raise ConfigError(
-            f"Backbone '{name}' returns features of shape {tuple(output.shape)}, not a [B, C, F, T] "
-            "feature map; use a convolutional backbone (EfficientNet, ConvNeXt, ResNet, ...)."
-        )

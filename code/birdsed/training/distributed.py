@@ -30,10 +30,11 @@ class Distributed:
     local_rank: int
     world_size: int
     device: torch.device
+    joined: bool = False  # in a process group: more than one process, or one with distributed=always
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.joined
 
     @property
     def is_main(self) -> bool:
@@ -97,18 +98,25 @@ class Distributed:
 
             model = convert_sync_batchnorm(model)
         device_ids = [self.local_rank] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        # Every parameter gets a gradient in every step (the backbone is built that way and checked, see
+        # models/probe.py), so DDP needs no extra pass over the graph to find unused ones.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
 
 
-def setup(process: ProcessGroupEnv) -> Distributed:
-    """Join the process group torchrun describes (or stay alone) and pick this process's device."""
+def setup(process: ProcessGroupEnv, always: bool = False) -> Distributed:
+    """Join the process group torchrun describes (or stay alone) and pick this process's device.
+
+    `always`: join it even as the only process, when torchrun started this one (`distributed=always`).
+    """
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", process.local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if process.world_size > 1 and not dist.is_initialized():
+    joins = process.world_size > 1 or (always and process.under_torchrun)
+    if joins and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Distributed(process.rank, process.local_rank, process.world_size, device)
+        logger.info("Joined the process group: backend=%s world_size=%d", dist.get_backend(), process.world_size)
+    return Distributed(process.rank, process.local_rank, process.world_size, device, joined=dist.is_initialized())
 
 
 def teardown() -> None:

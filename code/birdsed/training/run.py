@@ -68,7 +68,7 @@ class Job:
 
 def run(cfg: Config, env: SageMakerEnv) -> dict:
     """Train as configured; returns the best epoch's record."""
-    group = distributed.setup(env.process)
+    group = distributed.setup(env.process, always=cfg.run.distributed == "always")
     try:
         job = build_job(cfg, env, group)
         progress = resume(job)
