@@ -44,6 +44,14 @@ class DataConfig:
     # quick: header + the first and last second of each file; full: decode every file once at start.
     audio_check: Literal["quick", "full"] = "quick"
     max_skipped_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    # An epoch draws max(training recordings, min_epoch_crops) crops: one crop per recording per epoch
+    # gave a 100-recording dataset 3 optimizer steps an epoch (docs/recipe.md). 0: one per recording.
+    min_epoch_crops: int = field(default=512, metadata=_range(0, 10_000_000))
+    # Where training crops start: random (uniform over the recording); energy (the crop with the most
+    # high-frequency energy of `crop_candidates` random ones: a call rather than silence or wind); start
+    # (uniform within the first 2 x duration seconds, where xeno-canto recordists usually start on the call).
+    crop: Literal["random", "energy", "start"] = "random"
+    crop_candidates: int = field(default=4, metadata=_range(2, 64))
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,17 @@ AUGMENT_RANGES = (
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """How validation is judged (docs/recipe.md)."""
+
+    # The log-mel statistics + logistic regression reference, fitted at start and scored on validation.
+    baseline: Literal["on", "off"] = "on"
+    # Which validation metric picks the best epoch. auto: val_cmap, unless the validation set is so small
+    # that padding flatters cmAP (random scores above birdsed.training.selection.PADDED_CHANCE_LIMIT): val_auc.
+    select_metric: Literal["auto", "val_cmap", "val_auc"] = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     amp: Literal["auto", "off"] = "auto"
     seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
@@ -149,6 +168,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, object]]:
@@ -184,6 +204,8 @@ TINY_HYPERPARAMETERS = {
     "duration": 3,
     "batch_size": 16,
     "lr": 3e-3,
+    # One crop per recording per epoch, as before min_epoch_crops: tests count epochs and steps on tiny data.
+    "min_epoch_crops": 0,
 }
 
 

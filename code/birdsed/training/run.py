@@ -31,7 +31,7 @@ from birdsed.models import create_model
 from birdsed.models.backbone import check_backbone_name, resolve_weights
 from birdsed.optim import create_optimizer, create_scheduler
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import checkpoint, distributed, outputs, resume_config
+from birdsed.training import checkpoint, distributed, outputs, resume_config, selection
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -58,6 +58,7 @@ class Job:
     val_loader: DataLoader
     truth: np.ndarray
     reporter: reports.Reporter | None  # TensorBoard and plots; only the process that writes outputs has one
+    reference: selection.ValidationReference  # chance levels, baseline, the metric that picks the best epoch
     # A resumed mid-epoch augmentation state, applied once after the epoch's reseed.
     resumed_augment_state: dict | None = None
 
@@ -106,6 +107,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     pin_memory = group.device.type == "cuda"
     per_node = env.process.local_world_size
     val_sampler = ShardSampler(len(data.validation), group.rank, group.world_size)
+    truth = primary_truth(data.validation, data.labels)
     return Job(
         cfg=cfg,
         env=env,
@@ -114,9 +116,18 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
         sampler=sampler,
         train_loader=loaders.train_loader(data, cfg, sampler, pin_memory, per_node),
         val_loader=loaders.validation_loader(data, cfg, val_sampler, pin_memory, per_node),
-        truth=primary_truth(data.validation, data.labels),
+        truth=truth,
         reporter=create_reporter(env, data) if group.is_main else None,
+        reference=validation_reference(cfg, data, truth, group, per_node),
     )
+
+
+def validation_reference(
+    cfg: Config, data: loaders.TrainingData, truth: np.ndarray, group: Distributed, per_node: int
+) -> selection.ValidationReference:
+    """Computed by the first process (the baseline reads and fits crops), received by the others."""
+    workers = loaders.resolve_num_workers(cfg.data.num_workers, per_node)
+    return group.computed_once(lambda: selection.build_reference(cfg, data, truth, group.device, workers))
 
 
 def create_reporter(env: SageMakerEnv, data: loaders.TrainingData) -> reports.Reporter:
@@ -133,7 +144,8 @@ def seed_everything(seed: int) -> None:
 def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, group: Distributed) -> Trainer:
     precision = mixed_precision(cfg.run.amp, group.device)
     optimizer = create_optimizer(model, cfg.optim)
-    batches = math.ceil(len(data.train) / (cfg.optim.batch_size * group.world_size))
+    crops = loaders.epoch_crops(len(data.train), cfg.data.min_epoch_crops)
+    batches = math.ceil(math.ceil(crops / group.world_size) / cfg.optim.batch_size)
     steps_per_epoch = math.ceil(batches / cfg.optim.grad_accum_steps)
     return Trainer(
         model=model,
@@ -179,9 +191,11 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
         if result is None:
             stop_here(job, progress, stop)
         record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        record["val_score_std"] = selection.score_spread(result["scores"])
         # Kept in the history (so in every checkpoint): the best epoch's per-class AP survives a restart.
         record["per_class_ap"] = reports.per_class_ap(job.truth, result["scores"])
         metrics_logger.info(format_metrics(record))
+        job.reference.check_epoch(record)
         end_of_epoch(job, progress, record)
         if job.reporter:
             job.reporter.log_epoch(record)
@@ -211,7 +225,7 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     """Record the epoch, keep the best weights, write a checkpoint."""
     progress.history.append(record)
     progress.start_epoch(record["epoch"])
-    score = record["val_cmap"]
+    score = selection.selection_score(record, job.reference.metric)
     # Without validation data there is no "best": the latest weights are kept.
     improved = math.isnan(score) or score > progress.best_score
     if improved:
@@ -327,7 +341,7 @@ def check_compatible(state: dict, job: Job) -> None:
 
 def finish(job: Job, progress: Progress) -> dict:
     """Write the best weights, labels and config to the model dir, and the metrics history."""
-    best = best_record(progress.history)
+    best = selection.best_record(progress.history, job.reference.metric)
     if not job.distributed.is_main:
         return best or {}
     env = job.env
@@ -336,11 +350,21 @@ def finish(job: Job, progress: Progress) -> dict:
     outputs.write_model_dir(env.model_dir, weights, labels, job.cfg)
     check = export.check_waveforms(job.data.validation, export.window_samples(job.cfg))  # validation crops
     exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg, check)
-    summary = {"per_class_ap": reports.ap_by_label(labels, best), "export": exported}
+    warnings = job.reference.end_of_job_warnings(best)
+    summary = {
+        "per_class_ap": reports.ap_by_label(labels, best),
+        "export": exported,
+        "steps": progress.step,
+        **job.reference.summary(),
+        "warnings": warnings,
+    }
     outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
-    job.reporter.finish(progress.history, best)
+    job.reporter.finish(progress.history, best, job.reference.plot_lines())
     if best is not None:
-        logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
+        logger.info(
+            "Model written to %s (best epoch=%d by %s: val_cmap=%.4f val_auc=%.4f)",
+            env.model_dir, best["epoch"], job.reference.metric, best["val_cmap"], best["val_auc"],
+        )  # fmt: skip
     return best or {}
 
 
@@ -383,9 +407,3 @@ def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str 
     wrong = [name for name, tensor in expected.items() if getattr(weights[name], "shape", None) != tensor.shape]
     return f"the weights of another model ({wrong[0]} has another shape)" if wrong else None
 
-
-def best_record(history: list[dict]) -> dict | None:
-    scored = [record for record in history if not math.isnan(record["val_cmap"])]
-    if scored:
-        return max(scored, key=lambda record: record["val_cmap"])
-    return history[-1] if history else None
