@@ -406,4 +406,3 @@ def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str 
         return f"the weights of another model ({len(set(weights) ^ set(expected))} parameter names differ)"
     wrong = [name for name, tensor in expected.items() if getattr(weights[name], "shape", None) != tensor.shape]
     return f"the weights of another model ({wrong[0]} has another shape)" if wrong else None
-
