@@ -1,7 +1,7 @@
 """Run a trained birdsed model over recordings: BirdCLEF submission rows (+ frame-wise events).
 
     python code/predict.py --model MODEL_DIR_OR_TAR_GZ --audio FILES_OR_DIRS... --out preds.csv
-                           [--events events.csv] [--batch-size 16] [--amp] [--device auto]
+                           [--events events.csv] [--batch-size 16] [--amp] [--device auto] [--smooth K]
 
 Rows are `<file stem>_<end second>` with one probability column per label (labels.json order);
 see README.md, "Using the model". Exit 0 when at least one recording was predicted, 1 otherwise
@@ -20,6 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from birdsed import predict
 from birdsed.data.audio import AUDIO_SUFFIXES
 from birdsed.errors import UserError
+from birdsed.smoothing import SmoothedPredictor
 
 EXIT_USER_ERROR = 1
 
@@ -35,9 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--smooth", type=int, default=0, metavar="K", help="average each window with K neighbours on each side"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.smooth < 0:
+        parser.error("--smooth must be at least 0")
     return args
 
 
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         predictor = predict.create_predictor(
             loaded, args.batch_size, args.amp, args.event_threshold if args.events else None
         )
+        if args.smooth:
+            predictor = SmoothedPredictor(predictor, args.smooth)
         with logging_redirect_tqdm():
             summary = predict.predict_to_csv(predictor, paths, args.out, args.events, progress=not args.quiet)
     except UserError as error:

@@ -1,6 +1,7 @@
 """Lay out a folder as SageMaker lays out /opt/ml for the container, to mount with docker/run_local.sh.
 
-    python docker/opt_ml.py DIR --train DATA_DIR [--validation DIR] [--pretrained DIR] [--hp key=value ...]
+    python docker/opt_ml.py DIR --train DATA_DIR [--validation DIR] [--pretrained DIR] [--noise DIR]
+                            [--soundscape-validation DIR] [--soundscapes DIR] [--hp key=value ...]
 
 Unlike `launch/local_job.py` (no Docker: links the channels and the code), this copies the
 channels into `input/data/<channel>` (links would not resolve inside the container) and leaves
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "launch"))
 import local_job
 
 HOST = "algo-1"
-CHANNELS = ("train", "validation", "pretrained")
+CHANNELS = ("train", "validation", "pretrained", "noise", "soundscape_validation", "soundscapes")
 
 
 def layout(base: Path, channels: Mapping[str, Path], hyperparameters: Mapping[str, object]) -> Path:
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="the folder to lay out (mounted as /opt/ml)")
     for name in CHANNELS:
-        parser.add_argument(f"--{name}", type=Path, required=name == "train", help=f"the {name} channel's folder")
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=Path, required=name == "train", help=f"the {name} channel's folder")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
     args = parser.parse_args(argv)
     channels = {name: getattr(args, name) for name in CHANNELS if getattr(args, name)}

@@ -22,7 +22,7 @@ from checks import UsageError
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "code"
 ROLE_ENV = "BIRDSED_ROLE"
-CHANNELS = ("train", "validation", "pretrained", "noise")
+CHANNELS = ("train", "validation", "pretrained", "noise", "soundscape_validation", "soundscapes")
 INPUT_MODES = ("File", "FastFile")
 
 
@@ -34,6 +34,8 @@ class JobOptions:
     validation: str | None = None
     pretrained: str | None = None
     noise: str | None = None
+    soundscape_validation: str | None = None
+    soundscapes: str | None = None
     instance: str = "ml.g5.xlarge"
     instance_count: int = 1
     nproc_per_node: int | None = None  # training processes per instance; default: one per GPU

@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_DIR = REPO_ROOT / "code"
+CHANNELS = ("train", "validation", "pretrained", "noise", "soundscape_validation", "soundscapes")
 
 # A job small enough to train in seconds on a CPU, with real structure (a tiny timm EfficientNet at
 # 16 kHz): the tests, the memory profile and the image smoke test use it.
@@ -128,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=Path, required=True, help="dataset folder (train channel)")
     parser.add_argument("--validation", type=Path, help="validation channel folder")
     parser.add_argument("--pretrained", type=Path, help="folder with backbone weights")
+    parser.add_argument("--noise", type=Path, help="background noise channel folder")
+    parser.add_argument("--soundscape-validation", type=Path, help="labelled soundscapes (soundscape_labels.csv)")
+    parser.add_argument("--soundscapes", type=Path, help="unlabelled soundscapes (pseudo_rounds)")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter")
     args = parser.parse_args(argv)
-    channels = {name: getattr(args, name) for name in ("train", "validation", "pretrained") if getattr(args, name)}
+    channels = {name: getattr(args, name) for name in CHANNELS if getattr(args, name)}
     layout(args.base, channels, parse_hyperparameters(args.hp))
     return run_toolkit(args.base).returncode
 

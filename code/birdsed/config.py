@@ -133,6 +133,26 @@ class RunConfig:
     sync_batchnorm: bool = False
     # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
     compile: bool = False
+    # The epoch score that picks the best model (see birdsed.training.selection); auto: val_cmap.
+    select_metric: Literal["auto", "val_cmap", "val_auc", "val_soundscape_auc", "val_soundscape_cmap"] = "auto"
+
+
+@dataclass(frozen=True)
+class SoundscapeConfig:
+    """Pseudo-label rounds on the unlabelled `soundscapes` channel (docs/soundscapes.md).
+
+    Round 0 trains on the focal data; each round r >= 1 starts from round r-1's best weights, predicts
+    every soundscape window, keeps those whose top probability is >= `pseudo_threshold` with soft
+    targets `p ** pseudo_power` (below `pseudo_min`: 0) and swaps them into training batches, each item
+    with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`).
+    """
+
+    pseudo_rounds: int = field(default=0, metadata=_range(0, 100))
+    pseudo_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    pseudo_power: float = field(default=1.0, metadata=_range(0.0, 10.0, low_open=True))
+    pseudo_min: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    pseudo_p: float = field(default=0.4, metadata=_range(0.0, 1.0))
+    pseudo_epochs: int = field(default=0, metadata=_range(0, 100000))
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    soundscapes: SoundscapeConfig = field(default_factory=SoundscapeConfig)
 
     def to_dict(self) -> dict[str, dict[str, object]]:
         return dataclasses.asdict(self)

@@ -243,3 +243,33 @@ def fit_length(waveform: np.ndarray, length: int) -> np.ndarray:
     if len(waveform) >= length:
         return waveform[:length]
     return np.pad(waveform, (0, length - len(waveform)))
+
+
+# placeholder: replaced by the issue-12 streaming decoder at merge
+def stream_audio(path: Path, sample_rate: int, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """Consecutive mono float32 blocks of a recording at `sample_rate`; raises `AudioReadError`.
+
+    Only one block is decoded at a time, so memory stays flat however long the recording. Each block
+    is resampled on its own (a block edge may carry a tiny resampling transient).
+    """
+    silenced = _native_stderr_silenced
+    try:
+        with silenced(_is_mp3(path)):
+            audio = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioReadError(f"not readable audio ({error})") from None
+    with audio:
+        native_rate = audio.samplerate
+        frames = max(1, int(block_seconds * native_rate))
+        while True:
+            try:
+                with silenced(_is_mp3(path)):
+                    block = audio.read(frames=frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+                raise AudioReadError(f"decoding failed ({error})") from None
+            if not len(block):
+                return
+            mono = _to_mono(block)
+            if not np.isfinite(mono).all():
+                raise AudioReadError("non-finite samples")
+            yield resample(mono, native_rate, sample_rate)
