@@ -139,7 +139,12 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     names = frame["filename"]
     bad_name = names.eq("") | names.map(_leaves_channel)
     _reject(frame, bad_name, path, "filename must be a path below the channel (no absolute path, no '..')")
-    return frame.assign(start=start.astype(float), end=end.astype(float), labels=frame["labels"].str.split())
+    return frame.assign(
+        filename=names.map(lambda name: PurePosixPath(name).as_posix()),  # "./a.ogg" and "a.ogg": one recording
+        start=start.astype(float),
+        end=end.astype(float),
+        labels=frame["labels"].str.split(),
+    )
 
 
 def _leaves_channel(name: str) -> bool:
@@ -198,7 +203,7 @@ def _windows(
 ) -> LabelledWindows:
     position = {file.name: index for index, file in enumerate(files)}
     seconds = np.array([file.frames / sample_rate for file in files])
-    file_index = frame["filename"].map(lambda name: position.get(PurePosixPath(name).as_posix(), -1)).to_numpy()
+    file_index = frame["filename"].map(lambda name: position.get(name, -1)).to_numpy()
     known = file_index >= 0
     inside = np.zeros(len(frame), dtype=bool)
     inside[known] = frame["start"].to_numpy()[known] < seconds[file_index[known]]
