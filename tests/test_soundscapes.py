@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from birdsed import predict
+from birdsed import predict, soundscape_bench
 from birdsed.config import from_hyperparameters
 from birdsed.data import soundscapes
 from birdsed.data.audio import AudioReadError, decode, stream_audio
@@ -453,3 +453,18 @@ def test_predict_smooth_keeps_the_row_ids_and_smooths_each_file(tmp_path, capsys
     assert np.allclose(smoothed, expected, atol=2e-6)
     with pytest.raises(SystemExit):
         predict_cli.parse_args(["--model", "m", "--audio", "a", "--out", "o", "--smooth", "-1"])
+
+
+def test_the_pseudo_label_benchmark_reports_its_figures(tmp_path):
+    """A smoke test of `code/bench_pseudo.py` (the figures themselves are measured, not asserted)."""
+    make_soundscapes(tmp_path / "sc", files=1, seconds=11, sample_rate=32000, labelled=False, seed=5)
+    arguments = ["--data", str(tmp_path / "sc"), "--device", "cpu", "--batch-size", "2", "--workers", "0"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only contend
+    try:
+        figures = soundscape_bench.run(soundscape_bench.parse_args(arguments), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert figures["windows"] == 3 and figures["backbone"] == "test_efficientnet"
+    for key in ("pseudo_windows_per_s", "decode_windows_per_s", "model_windows_per_s", "round_s_per_soundscape_hour"):
+        assert figures[key] > 0, key

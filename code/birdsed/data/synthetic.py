@@ -239,7 +239,7 @@ def insect_chorus(rng: np.random.Generator, length: int, sample_rate: int) -> np
     """Cicada-like stridulation: a band of noise high in the spectrum, pulsing tens of times a second; unit RMS."""
     spectrum = np.fft.rfft(rng.normal(size=length))
     frequencies = np.fft.rfftfreq(length, 1 / sample_rate)
-    centre = rng.uniform(0.55, 0.8) * sample_rate / 2
+    centre = min(rng.uniform(3500, 7000), 0.85 * sample_rate / 2)  # where trills, chirps and rattles sing too
     spectrum[np.abs(frequencies - centre) > rng.uniform(300, 900)] = 0
     band = np.fft.irfft(spectrum, n=length)
     t = np.arange(length) / sample_rate
