@@ -93,6 +93,9 @@ def test_labels_are_read_with_windows_of_any_length_and_unusable_ones_dropped(ch
     assert windows.truth.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
     assert "1 recording(s) named in soundscape_labels.csv are not in the channel (e.g. gone.wav)" in caplog.text
     assert "1 window(s) of soundscape_labels.csv start after the end" in caplog.text
+    # As a spreadsheet saves it: a byte-order mark, Windows line ends, capitalised names.
+    (channel / soundscapes.LABELS_FILE).write_bytes(b"\xef\xbb\xbfFilename,Start,End,Labels\r\ntwo.wav,0,1,aaa1\r\n")
+    assert soundscapes.labelled_windows(channel, LABELS, RATE, 0.0).truth.tolist() == [[1, 0, 0]]
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,16 @@ batches of `2 x batch_size` windows on the device, the job's mixed precision):
 - `decode_windows_per_s`: the workers' decoding alone (no model), to see which side limits;
 - `model_windows_per_s`: the model alone on device-resident batches;
 - `round_s_per_soundscape_hour`: what one round's pass costs per hour of soundscapes (3600 / duration
-  windows / `pseudo_windows_per_s`).
+  windows / `pseudo_windows_per_s`);
+- `peak_rss_mb`, `peak_worker_rss_mb`: the highest resident memory of this process and of any DataLoader
+  worker: flat whatever the recordings' length, as only a block of audio is decoded at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         "decode_windows_per_s": round(decode_rate(stream, options, predictor.batch_size), 1),
         "model_windows_per_s": round(model_rate(predictor, length, device), 1),
         "round_s_per_soundscape_hour": round(3600 / cfg.data.duration / rate, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_worker_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
     }
 
 

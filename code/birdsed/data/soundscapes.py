@@ -114,7 +114,8 @@ def read_labels_file(channel_dir: Path) -> pd.DataFrame:
             "columns filename,start,end,labels (one row per window) beside the audio files."
         )
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DataError(f"{path} is not a readable CSV file ({reason}).") from None
