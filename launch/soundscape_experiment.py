@@ -1,6 +1,6 @@
 """Does pseudo-labelling help on soundscapes unlike the focal clips? A reproducible experiment; key=value lines.
 
-    python launch/soundscape_experiment.py [--workdir DIR] [--seed 0] [--backbone NAME] [--epochs 15] ...
+    python launch/soundscape_experiment.py [--workdir DIR] [--seeds 0 1 2] [--backbone NAME] [--epochs 15] ...
 
 Generates (seeded) a focal dataset and three sets of synthetic soundscapes with a domain shift from it
 (quieter calls, several species at once, insect chorus, rain, stronger noise): `dev` (labelled: the
@@ -49,13 +49,13 @@ def make_data(workdir: Path, seed: int, soundscape_rate: int) -> dict[str, Path]
     sets = {
         "train": lambda path: make_dataset(path, species=SPECIES, recordings_per_species=12, seed=seed),
         "dev": lambda path: make_soundscapes(
-            path, SPECIES, files=4, seconds=60, sample_rate=soundscape_rate, seed=1000 + seed
+            path, SPECIES, files=8, seconds=60, sample_rate=soundscape_rate, seed=1000 + seed
         ),
         "unlabelled": lambda path: make_soundscapes(
-            path, SPECIES, files=16, seconds=60, sample_rate=soundscape_rate, labelled=False, seed=2000 + seed
+            path, SPECIES, files=32, seconds=60, sample_rate=soundscape_rate, labelled=False, seed=2000 + seed
         ),
         "test": lambda path: make_soundscapes(
-            path, SPECIES, files=8, seconds=60, sample_rate=soundscape_rate, seed=3000 + seed
+            path, SPECIES, files=16, seconds=60, sample_rate=soundscape_rate, seed=3000 + seed
         ),
     }
     for name, make in sets.items():
@@ -87,26 +87,16 @@ def score(model_dir: Path, test_dir: Path) -> dict[str, float]:
     return evaluate_soundscapes(windows, loaded.model, loaded, None, torch.device("cpu"), one, lambda: False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "soundscape_experiment")
-    parser.add_argument("--seed", type=int, default=0, help="data and training seed")
-    parser.add_argument("--backbone", default="test_efficientnet")
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--pseudo-epochs", type=int, default=8)
-    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="more hyperparameters")
-    parser.add_argument("--only", choices=("rounds0", "rounds0_long", "rounds2"), action="append")
-    args = parser.parse_args(argv)
-
-    data = make_data(args.workdir, args.seed, soundscape_rate=32000)
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """The three jobs on one seed's data; prints their figures, returns their held-out window AUCs."""
+    data = make_data(args.workdir, seed, soundscape_rate=32000)
     common = {
         **local_job.TINY_HYPERPARAMETERS,
         "backbone": args.backbone,
         "sample_rate": args.sample_rate,
         "fmax": min(14000, args.sample_rate // 2),
         "epochs": args.epochs,
-        "seed": args.seed,
+        "seed": seed,
         "val_fraction": 0.2,
         "select_metric": "val_soundscape_auc",
         **local_job.parse_hyperparameters(args.hp),
@@ -117,22 +107,46 @@ def main(argv: list[str] | None = None) -> int:
         "rounds0_long": ({"epochs": args.epochs + 2 * args.pseudo_epochs}, {}),
         "rounds2": (rounds, {"soundscapes": data["unlabelled"]}),
     }
-    print(f"seed={args.seed}\nbackbone={args.backbone}\nsample_rate={args.sample_rate}", flush=True)
-    print(f"epochs={args.epochs}\npseudo_epochs={args.pseudo_epochs}", flush=True)
+    aucs = {}
     for name, (extra, channels) in jobs.items():
         if args.only and name not in args.only:
             continue
-        base = args.workdir / f"seed{args.seed}" / name
+        base = args.workdir / f"seed{seed}" / name
         channels = {"train": data["train"], "soundscape_validation": data["dev"], **channels}
         model_dir, log, minutes = train(base, channels, {**common, **extra})
         scores = score(model_dir, data["test"])
+        prefix = f"seed{seed}_{name}"
         for line in ROUND_LINE.findall(log):
-            print(f"{name}_{line.replace(' ', f' {name}_')}", flush=True)
+            print(f"{prefix}_{line.replace(' ', f' {prefix}_')}", flush=True)
         best = json.loads((base / "output" / "data" / "metrics.json").read_text())["best"]
-        print(f"{name}_dev_val_soundscape_auc={best['val_soundscape_auc']:.4f}", flush=True)
-        print(f"{name}_minutes={minutes:.1f}", flush=True)
-        print(f"window_auc_{name}={scores['val_soundscape_auc']:.4f}", flush=True)
-        print(f"window_cmap_{name}={scores['val_soundscape_cmap']:.4f}", flush=True)
+        print(f"{prefix}_dev_val_soundscape_auc={best['val_soundscape_auc']:.4f}", flush=True)
+        print(f"{prefix}_minutes={minutes:.1f}", flush=True)
+        print(f"{prefix}_window_cmap={scores['val_soundscape_cmap']:.4f}", flush=True)
+        print(f"{prefix}_window_auc={scores['val_soundscape_auc']:.4f}", flush=True)
+        aucs[name] = scores["val_soundscape_auc"]
+    return aucs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "soundscape_experiment")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
+    parser.add_argument("--backbone", default="test_efficientnet")
+    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pseudo-epochs", type=int, default=8)
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="more hyperparameters")
+    parser.add_argument("--only", choices=("rounds0", "rounds0_long", "rounds2"), action="append")
+    args = parser.parse_args(argv)
+
+    print(f"backbone={args.backbone}\nsample_rate={args.sample_rate}", flush=True)
+    print(f"epochs={args.epochs}\npseudo_epochs={args.pseudo_epochs}", flush=True)
+    results: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name, auc in run_seed(args, seed).items():
+            results.setdefault(name, []).append(auc)
+    for name, values in results.items():
+        print(f"mean_window_auc_{name}={sum(values) / len(values):.4f}", flush=True)
     return 0
 
 
