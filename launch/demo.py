@@ -39,6 +39,9 @@ DEMO_HYPERPARAMETERS = {
     "pseudo_rounds": 2,
     "pseudo_epochs": 10,
 }
+# The soundscapes' calls: quieter than the focal clips' (0.15-0.25), not so quiet that a CPU-sized model
+# trained for minutes is left guessing (launch/soundscape_experiment.py uses the harder default).
+DEMO_CALL_LEVEL = (0.05, 0.15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,10 +80,10 @@ def make_data(workdir: Path) -> dict[str, Path]:
         make_dataset(data_dir, species=8, recordings_per_species=16, seed=2026)
     if not (labelled / "soundscape_labels.csv").is_file():
         print(f"Generating labelled soundscapes in {labelled} ...", flush=True)
-        make_soundscapes(labelled, species=8, files=2, seconds=60, seed=2027)
+        make_soundscapes(labelled, species=8, files=2, seconds=60, level=DEMO_CALL_LEVEL, seed=2027)
     if not (unlabelled / ".complete").is_file():
         print(f"Generating unlabelled soundscapes in {unlabelled} ...", flush=True)
-        make_soundscapes(unlabelled, species=8, files=8, seconds=60, labelled=False, seed=2028)
+        make_soundscapes(unlabelled, species=8, files=8, seconds=60, labelled=False, level=DEMO_CALL_LEVEL, seed=2028)
         (unlabelled / ".complete").touch()
     return {"train": data_dir, "soundscape_validation": labelled, "soundscapes": unlabelled}
 

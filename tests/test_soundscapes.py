@@ -310,6 +310,8 @@ def test_pseudo_labels_from_shares_in_any_order_are_one_sorted_set(tmp_path):
     for name in ("file_index", "starts", "confidence", "indptr", "columns", "values"):
         assert np.array_equal(getattr(merged, name), getattr(swapped, name)), name
     assert (first.windows, second.windows) == (3, 2)
+    nothing = pseudo.merge(1, [pseudo._Kept.empty().arrays()] * 2, files, length=10)  # no window kept anywhere
+    assert len(nothing) == 0 and nothing.files == [] and nothing.indptr.tolist() == [0]
 
     labels = dataclasses.replace(merged, windows=5, mean_confidence=0.75)
     torch.save({"pseudo": labels.state_dict()}, tmp_path / "c.pt")
@@ -352,6 +354,16 @@ def test_the_mix_probability_swaps_that_share_of_items_reproducibly():
     for p, pseudo_count, expected in ((0.0, 7, 0), (1.0, 7, 4000), (0.4, 0, 0)):
         sampler = pseudo.PseudoMixSampler(focal_sampler(4000), 50, pseudo_count, p, 3)
         assert sum(index >= 50 for index, _ in sampler) == expected
+
+
+def test_a_round_with_few_kept_windows_says_so(caplog):
+    cfg = from_hyperparameters({"pseudo_rounds": 1})
+    rounds.warn_about_repeats(cfg, kept=40, items_per_epoch=100, number=1)
+    assert not caplog.text
+    rounds.warn_about_repeats(cfg, kept=4, items_per_epoch=96, number=1)
+    assert "only 4 window(s) reached pseudo_threshold=0.5, so each is drawn about 10 times per epoch" in caplog.text
+    rounds.warn_about_repeats(cfg, kept=0, items_per_epoch=96, number=2)
+    assert "Round 2: no soundscape window reached pseudo_threshold=0.5" in caplog.text
 
 
 def test_mixed_items_carry_the_pseudo_window_and_its_soft_target(tmp_path):

@@ -210,10 +210,28 @@ def start_next_round(job: Job, progress: Progress, stop: StopRequest, best_weigh
         path = job.env.output_data_dir / PSEUDO_LABELS_FILE.format(round=number)
         pseudo.write_csv(path, labels, job.data.labels, cfg.data.sample_rate, window_samples(cfg))
     metrics_logger.info(labels.summary())
-    if not len(labels):
+    warn_about_repeats(cfg, len(labels), len(job.data.train), number)
+
+
+# A kept window drawn more often than this per epoch is more memorised than learnt from.
+REPEATS_WARNING = 4
+
+
+def warn_about_repeats(cfg: Config, kept: int, items_per_epoch: int, number: int) -> None:
+    """Say so when the round has no pseudo-labelled windows, or so few that each is drawn many times an epoch."""
+    soundscapes = cfg.soundscapes
+    if not kept:
         logger.warning(
             "Round %d: no soundscape window reached pseudo_threshold=%g; the round trains on the focal data only",
-            number, cfg.soundscapes.pseudo_threshold,
+            number, soundscapes.pseudo_threshold,
+        )  # fmt: skip
+        return
+    repeats = soundscapes.pseudo_p * items_per_epoch / kept
+    if repeats > REPEATS_WARNING:
+        logger.warning(
+            "Round %d: only %d window(s) reached pseudo_threshold=%g, so each is drawn about %.0f times per epoch "
+            "(pseudo_p=%g); lower pseudo_p or pseudo_threshold, or give more soundscapes",
+            number, kept, soundscapes.pseudo_threshold, repeats, soundscapes.pseudo_p,
         )  # fmt: skip
 
 
