@@ -140,7 +140,8 @@ class ValidationConfig:
     baseline: Literal["on", "off"] = "on"
     # Which validation metric picks the best epoch. auto: val_cmap, unless the validation set is so small
     # that padding flatters cmAP (random scores above birdsed.training.selection.PADDED_CHANCE_LIMIT): val_auc.
-    select_metric: Literal["auto", "val_cmap", "val_auc"] = "auto"
+    # val_soundscape_auc / val_soundscape_cmap score the labelled `soundscape_validation` windows (docs/soundscapes.md).
+    select_metric: Literal["auto", "val_cmap", "val_auc", "val_soundscape_auc", "val_soundscape_cmap"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,24 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class SoundscapeConfig:
+    """Pseudo-label rounds on the unlabelled `soundscapes` channel (docs/soundscapes.md).
+
+    Round 0 trains on the focal data; each round r >= 1 starts from round r-1's best weights, predicts
+    every soundscape window, keeps those whose top probability is >= `pseudo_threshold` with soft
+    targets `p ** pseudo_power` (below `pseudo_min`: 0) and swaps them into training batches, each item
+    with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`).
+    """
+
+    pseudo_rounds: int = field(default=0, metadata=_range(0, 100))
+    pseudo_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    pseudo_power: float = field(default=1.0, metadata=_range(0.0, 10.0, low_open=True))
+    pseudo_min: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    pseudo_p: float = field(default=0.4, metadata=_range(0.0, 1.0))
+    pseudo_epochs: int = field(default=0, metadata=_range(0, 100000))
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -170,6 +189,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    soundscapes: SoundscapeConfig = field(default_factory=SoundscapeConfig)
 
     def to_dict(self) -> dict[str, dict[str, object]]:
         return dataclasses.asdict(self)

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 EPOCH_SCALARS = ("train_loss", "val_loss", "val_cmap", "val_auc", "lr")
+# Curves of val_metrics.png; the soundscape ones only when the job scored soundscapes.
+VALIDATION_CURVES = ("val_cmap", "val_auc")
+SOUNDSCAPE_CURVES = ("val_soundscape_auc", "val_soundscape_cmap")
 PLOT_FILES = ("loss.png", "val_metrics.png", "per_class_ap.png", "class_distribution.png")
 
 
@@ -68,7 +71,7 @@ class Reporter:
     def log_epoch(self, record: dict) -> None:
         if self.writer is None:
             return
-        for name in EPOCH_SCALARS:
+        for name in (*EPOCH_SCALARS, *SOUNDSCAPE_CURVES):  # soundscape scores: only jobs that have them
             value = record.get(name)
             if value is not None and math.isfinite(value):
                 self.writer.add_scalar(name, value, global_step=record["epoch"])
@@ -109,7 +112,7 @@ def write_plots(
     ap = ap_by_label(labels, best)
     figures = {
         "loss.png": plot_curves(history, ("train_loss", "val_loss"), "loss"),
-        "val_metrics.png": plot_curves(history, ("val_cmap", "val_auc"), "validation score", references),
+        "val_metrics.png": plot_curves(history, validation_curves(history), "validation score", references),
         "per_class_ap.png": plot_bars(
             list(ap), [_nan_if_missing(value) for value in ap.values()], "AP", _ap_title(ap, best)
         ),
@@ -125,11 +128,26 @@ def write_plots(
     return paths
 
 
+def validation_curves(history: list[dict]) -> tuple[str, ...]:
+    scored = [name for name in SOUNDSCAPE_CURVES if any(name in record for record in history)]
+    return (*VALIDATION_CURVES, *scored)
+
+
+def round_starts(history: list[dict]) -> list[tuple[int, int]]:
+    """(epoch, round) of the first epoch of each pseudo-label round after round 0."""
+    starts, previous = [], 0
+    for record in history:
+        if record.get("round", 0) != previous:
+            previous = record["round"]
+            starts.append((record["epoch"], previous))
+    return starts
+
+
 def plot_curves(
     history: list[dict], names: Sequence[str], ylabel: str, references: dict[str, float] | None = None
 ) -> Figure:
-    """One line per metric over epochs (missing or NaN values leave gaps); `references` as dashed lines,
-    in the colour of the metric they name (e.g. "baseline val_auc" with val_auc)."""
+    """One line per metric over epochs (missing or NaN values leave gaps); pseudo-label rounds marked;
+    `references` as dashed lines, in the colour of the metric they name (e.g. "baseline val_auc" with val_auc)."""
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.add_subplot()
     epochs = [record["epoch"] for record in history]
@@ -141,6 +159,9 @@ def plot_curves(
         colour = next((colour for name, colour in colours.items() if label.endswith(name)), "grey")
         style = ":" if label.startswith("chance") else "--"
         axes.axhline(value, color=colour, linestyle=style, linewidth=1, label=f"{label} {value:.3f}")
+    for epoch, number in round_starts(history):
+        axes.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+        axes.annotate(f"round {number}", (epoch - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=8, va="top")
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(ylabel)

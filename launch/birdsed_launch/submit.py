@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--validation", help="validation dataset, same layout (replaces the automatic split)")
     data.add_argument("--pretrained", help="backbone weights (.safetensors/.pth/.pt/.bin)")
     data.add_argument("--noise", help="background noise recordings for augmentation")
+    data.add_argument(
+        "--soundscape-validation", help="labelled soundscapes: audio + soundscape_labels.csv (docs/soundscapes.md)"
+    )
+    data.add_argument(
+        "--soundscapes", help="unlabelled soundscapes for pseudo-label rounds (hyperparameter pseudo_rounds)"
+    )
     data.add_argument("--input-mode", metavar="File|FastFile", help="File copies the data first; FastFile streams")
 
     job = parser.add_argument_group("the job")

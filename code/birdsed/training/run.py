@@ -29,9 +29,9 @@ from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
 from birdsed.models import create_model
 from birdsed.models.backbone import check_backbone_name, resolve_weights
-from birdsed.optim import create_optimizer, create_scheduler
+from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import checkpoint, distributed, outputs, resume_config, selection
+from birdsed.training import checkpoint, distributed, outputs, resume_config, rounds, selection
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -61,6 +61,7 @@ class Job:
     reference: selection.ValidationReference  # chance levels, baseline, the metric that picks the best epoch
     # A resumed mid-epoch augmentation state, applied once after the epoch's reseed.
     resumed_augment_state: dict | None = None
+    soundscapes: rounds.Soundscapes | None = None  # the soundscape channels, when given
 
     @property
     def distributed(self) -> Distributed:
@@ -75,6 +76,10 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
         progress = resume(job)
         with StopRequest() as stop:
             train_epochs(job, progress, stop)
+            while rounds.next_round_due(job, progress):
+                rounds.start_next_round(job, progress, stop, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+                write_checkpoint(job, progress)
+                train_epochs(job, progress, stop)
         return finish(job, progress)
     finally:
         distributed.teardown()
@@ -84,6 +89,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     seed_everything(cfg.run.seed)
     # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
     check_backbone_name(cfg.model.backbone)
+    rounds.check_channels(cfg, env)
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
     configure_backends(group.device)
     data = group.computed_once(lambda: loaders.load_training_data(cfg, env.channel("train"), env.channel("validation")))
@@ -108,6 +114,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     per_node = env.process.local_world_size
     val_sampler = ShardSampler(len(data.validation), group.rank, group.world_size)
     truth = primary_truth(data.validation, data.labels)
+    soundscapes = rounds.build(cfg, env, group, data.labels)
     return Job(
         cfg=cfg,
         env=env,
@@ -119,6 +126,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
         truth=truth,
         reporter=create_reporter(env, data) if group.is_main else None,
         reference=validation_reference(cfg, data, truth, group, per_node),
+        soundscapes=soundscapes,
     )
 
 
@@ -151,7 +159,7 @@ def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingDat
         model=model,
         loss_fn=create_loss(cfg.loss, loaders.class_weight_tensor(data)).to(group.device),
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch),
+        scheduler=rounds.create_scheduler(optimizer, cfg, steps_per_epoch),
         scaler=precision.grad_scaler(),
         precision=precision,
         device=group.device,
@@ -176,7 +184,7 @@ def primary_truth(dataset: CropDataset, labels: list[str]) -> np.ndarray:
 def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
     """The epoch loop; on a stop request it checkpoints where it is and raises `TrainingStopped`."""
     trainer, cfg = job.trainer, job.cfg
-    for epoch in range(progress.epoch, cfg.optim.epochs):
+    for epoch in range(progress.epoch, rounds.end_epoch(cfg, progress.round)):
         if trainer.limit_reached(progress):
             break
         if epoch != progress.epoch:
@@ -188,10 +196,12 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
             job.resumed_augment_state = None
         stopped = train_one_epoch(trainer, job.train_loader, progress, stop)
         result = None if stopped else evaluate(trainer, job.val_loader, job.truth, stop)
+        result = None if result is None else rounds.score_epoch(job, result, stop)
         if result is None:
             stop_here(job, progress, stop)
         record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
         record["val_score_std"] = selection.score_spread(result["scores"])
+        record.update(rounds.epoch_fields(job, progress, result))
         # Kept in the history (so in every checkpoint): the best epoch's per-class AP survives a restart.
         record["per_class_ap"] = reports.per_class_ap(job.truth, result["scores"])
         metrics_logger.info(format_metrics(record))
@@ -214,11 +224,23 @@ def epoch_record(epoch: int, train_loss: float, result: dict, lr: float) -> dict
 
 
 def format_metrics(record: dict) -> str:
-    """The one stable log line per epoch that the launcher's metric regexes read."""
-    return (
+    """The one stable log line per epoch that the launcher's metric regexes read.
+
+    Soundscape metrics (with a soundscape_validation channel) and the round (with pseudo_rounds)
+    are appended after the fixed fields, so regexes written for the fixed fields still match.
+    """
+    line = (
         f"epoch={record['epoch']} train_loss={record['train_loss']:.6f} val_loss={record['val_loss']:.6f} "
         f"val_cmap={record['val_cmap']:.6f} val_auc={record['val_auc']:.6f} lr={record['lr']:.6e}"
     )
+    if "val_soundscape_auc" in record:
+        line += (
+            f" val_soundscape_auc={record['val_soundscape_auc']:.6f}"
+            f" val_soundscape_cmap={record['val_soundscape_cmap']:.6f}"
+        )
+    if "round" in record:
+        line += f" round={record['round']}"
+    return line
 
 
 def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
@@ -234,6 +256,12 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     if job.distributed.is_main:
         if improved:
             atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+        save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
+
+
+def write_checkpoint(job: Job, progress: Progress) -> None:
+    state = checkpoint_state(job, progress)  # collective
+    if job.distributed.is_main:
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
 
 
@@ -275,6 +303,7 @@ def checkpoint_state(job: Job, progress: Progress) -> dict:
         "world_size": job.distributed.world_size,
         "rng": job.distributed.gather(rng_state()),  # one entry per process, in rank order
         "augment": job.distributed.gather(trainer.augment.state_dict()),
+        "pseudo_labels": rounds.checkpoint_entry(job),
     }
 
 
@@ -320,6 +349,7 @@ def resume(job: Job) -> Progress:
         restore_rng_state(state["rng"][job.distributed.rank])
         if progress.batches_done:
             job.resumed_augment_state = state["augment"][job.distributed.rank]
+    rounds.resume(job, state, progress)
     logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
     return progress
 
@@ -341,7 +371,7 @@ def check_compatible(state: dict, job: Job) -> None:
 
 def finish(job: Job, progress: Progress) -> dict:
     """Write the best weights, labels and config to the model dir, and the metrics history."""
-    best = selection.best_record(progress.history, job.reference.metric)
+    best = selection.best_record(rounds.round_history(progress.history, progress.round), job.reference.metric)
     if not job.distributed.is_main:
         return best or {}
     env = job.env
@@ -362,8 +392,9 @@ def finish(job: Job, progress: Progress) -> dict:
     job.reporter.finish(progress.history, best, job.reference.plot_lines())
     if best is not None:
         logger.info(
-            "Model written to %s (best epoch=%d by %s: val_cmap=%.4f val_auc=%.4f)",
-            env.model_dir, best["epoch"], job.reference.metric, best["val_cmap"], best["val_auc"],
+            "Model written to %s (best epoch=%d by %s=%.4f: val_cmap=%.4f val_auc=%.4f)",
+            env.model_dir, best["epoch"], job.reference.metric, selection.selection_score(best, job.reference.metric),
+            best["val_cmap"], best["val_auc"],
         )  # fmt: skip
     return best or {}
 

@@ -19,12 +19,14 @@ import torch
 
 from birdsed.config import Config
 from birdsed.data.loaders import TrainingData
+from birdsed.errors import ConfigError
 from birdsed.metrics import padded_cmap
 from birdsed.training.baseline import evaluate_baseline
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("val_cmap", "val_auc")
+METRICS = ("val_cmap", "val_auc")  # of the focal validation set: their chance levels and baselines
+SOUNDSCAPE_METRICS = ("val_soundscape_auc", "val_soundscape_cmap")  # of the `soundscape_validation` windows
 # Random scores above this padded cmAP: padding makes up most of the score, so cmAP cannot rank epochs.
 PADDED_CHANCE_LIMIT = 0.5
 # Random draws averaged for the chance levels; fewer on big validation sets (each draw costs a metric pass).
@@ -81,6 +83,15 @@ def choose_metric(requested: str, chance: dict[str, float]) -> tuple[str, str]:
             "val_auc is 0.5 at chance"
         )
     return "val_cmap", f"auto: random scores reach val_cmap={chance['val_cmap']:.3f}, at most {PADDED_CHANCE_LIMIT}"
+
+
+def check_available(metric: str, has_soundscape_validation: bool) -> None:
+    """A soundscape metric needs the channel that produces it."""
+    if metric in SOUNDSCAPE_METRICS and not has_soundscape_validation:
+        raise ConfigError(
+            f"select_metric={metric} needs a 'soundscape_validation' channel (audio + soundscape_labels.csv); "
+            "add the channel or pick val_cmap / val_auc."
+        )
 
 
 def selection_score(record: dict, metric: str) -> float:
