@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from birdsed.errors import ConfigError
+from birdsed.parsing import parse_bool
 
 
 def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
@@ -264,12 +265,10 @@ def _parse_value(name: str, raw: object, kind: object, metadata: Mapping) -> obj
 
 
 def _parse_bool(name: str, raw: object) -> bool:
-    text = str(raw).strip().lower()
-    if text in {"true", "1", "yes", "on"}:
-        return True
-    if text in {"false", "0", "no", "off"}:
-        return False
-    raise ConfigError(f"Hyperparameter '{name}' must be true or false; got '{raw}'.")
+    value = parse_bool(raw)
+    if value is None:
+        raise ConfigError(f"Hyperparameter '{name}' must be true or false; got '{raw}'.")
+    return value
 
 
 def _parse_int(name: str, raw: object) -> int:

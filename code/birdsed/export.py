@@ -18,7 +18,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birdsed.atomic import atomic_path
 from birdsed.config import Config
 from birdsed.models import create_model
 
@@ -171,14 +171,10 @@ def verify(program: torch.export.ExportedProgram, model: nn.Module, samples: int
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Write to a temporary file, then rename: `path` is either absent or complete."""
-    # torch.export.save warns unless the name ends in .pt2.
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    """Write atomically: `path` is either absent or complete (the temporary name keeps the .pt2 that
+    torch.export.save asks for)."""
+    with atomic_path(path) as temporary:
         torch.export.save(program, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def export_onnx(model: nn.Module, samples: int, path: Path) -> None:
@@ -188,8 +184,7 @@ def export_onnx(model: nn.Module, samples: int, path: Path) -> None:
     wrapper = OnnxOutputs(model)
     example = torch.randn(EXAMPLE_BATCH, samples)
     batch = torch.export.Dim("batch", min=1)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{time.monotonic_ns()}{path.suffix}")
-    try:
+    with atomic_path(path) as temporary:
         with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 wrapper,
@@ -204,10 +199,6 @@ def export_onnx(model: nn.Module, samples: int, path: Path) -> None:
             )
         onnx.save_model(program.model_proto, temporary)
         onnx.checker.check_model(str(temporary))
-        _fsync_file(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -261,11 +252,6 @@ def export_onnx_file(model: nn.Module, samples: int, path: Path, waveforms: torc
         **differences,
         "seconds": round(time.monotonic() - started, 2),
     }
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def check_waveforms(dataset: object, samples: int, count: int = CHECK_BATCH) -> torch.Tensor:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from birdsed.atomic import atomic_open, fsync_directory
 from birdsed.config import Config, from_hyperparameters
 from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, StreamReport, read_blocks
 from birdsed.errors import ConfigError, UserError
@@ -768,7 +769,7 @@ def _atomic_dir(path: Path | None) -> Iterator[Path | None]:
             shutil.rmtree(old)
         else:
             os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
@@ -788,23 +789,5 @@ def _atomic_csv(path: Path | None) -> Iterator[csv.writer | None]:
     if path is None:
         yield None
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temporary = Path(name)
-    try:
-        with open(descriptor, "w", newline="", encoding="utf-8") as handle:
-            yield csv.writer(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        yield csv.writer(handle)

@@ -8,11 +8,11 @@ read at import time: `from_environ` builds the object from the mapping it is giv
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from birdsed import atomic
 from birdsed.errors import ConfigError
 
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -159,6 +159,4 @@ def write_failure(output_dir: Path, reason: str, replace: bool = False) -> None:
     failure_file = output_dir / FAILURE_FILE
     if failure_file.exists() and not replace:
         return
-    temporary = output_dir / f"{FAILURE_FILE}.tmp-{os.getpid()}"
-    temporary.write_text(reason.strip() + "\n", encoding="utf-8")
-    os.replace(temporary, failure_file)
+    atomic.write_text(failure_file, reason.strip() + "\n")

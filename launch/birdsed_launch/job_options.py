@@ -17,6 +17,7 @@ from pathlib import Path
 
 import birdsed
 from birdsed import config as training_config
+from birdsed.parsing import parse_bool, split_key_value
 from birdsed.sm_env import CHANNELS
 from birdsed_launch.checks import UsageError
 
@@ -84,14 +85,10 @@ def _text(name: str, raw: object) -> str:
 
 
 def _boolean(name: str, raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in {"true", "yes", "1", "on"}:
-        return True
-    if text in {"false", "no", "0", "off"}:
-        return False
-    raise UsageError(f"{flag(name)} must be true or false, got {raw!r}")
+    value = parse_bool(raw)
+    if value is None:
+        raise UsageError(f"{flag(name)} must be true or false, got {raw!r}")
+    return value
 
 
 def _positive_int(name: str, raw: object) -> int:
@@ -138,10 +135,10 @@ def _hyperparameters(name: str, raw: object) -> dict[str, str]:
 
 
 def _key_value(name: str, item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
+    pair = split_key_value(item)
+    if pair is None:
         raise UsageError(f"{flag(name)} expects key=value, got {item!r}")
-    return key.strip(), value.strip()
+    return pair
 
 
 def hyperparameter_string(name: object, value: object) -> str:

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from birdsed import atomic
+from birdsed.parsing import split_key_value
 from birdsed.sm_env import CHANNELS
 
 # This file is launch/birdsed_launch/local_job.py in the repository; the job's code is the repository's code/.
@@ -91,7 +93,7 @@ def write_config(
 
 
 def _write_json(path: Path, payload: object) -> None:
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    atomic.write_text(path, json.dumps(payload, indent=2))
 
 
 def _link(source: Path, target: Path) -> None:
@@ -123,10 +125,10 @@ def parse_hyperparameters(items: list[str]) -> dict[str, str]:
     """`--hp key=value` items -> a mapping; a malformed item ends the script with one line."""
     pairs = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
+        pair = split_key_value(item)
+        if pair is None:
             raise SystemExit(f"error: --hp expects key=value, got '{item}'")
-        pairs[key] = value
+        pairs[pair[0]] = pair[1]
     return pairs
 
 

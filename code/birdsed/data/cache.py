@@ -29,7 +29,6 @@ import mmap
 import multiprocessing
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from birdsed import atomic
+from birdsed.atomic import TEMPORARY_MARK, atomic_open, atomic_path
 from birdsed.data import metadata
 from birdsed.data.audio import PCM_SCALE, AudioReadError, StreamReport, read_blocks, to_pcm16
 from birdsed.errors import DataError
@@ -52,7 +53,6 @@ FORMAT = "birdsed-waveform-cache"
 VERSION = 1
 SCALE = PCM_SCALE
 SUFFIX = ".npy"
-TEMPORARY_MARK = ".tmp-"
 # Headers checked at once at the start of a job (I/O-bound: a streamed channel fetches each one).
 CHECK_THREADS = 16
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -200,8 +200,9 @@ def check_arrays(root: Path, names: list[str], samples: list[int]) -> list[str |
         return list(pool.map(check_array, paths, samples))
 
 
-def usable_recordings(root: Path, channel: str, sample_rate: int) -> pd.DataFrame:
-    """The channel's metadata rows that the cache holds, with `path` (the array) and `seconds` added.
+def usable_recordings(root: Path, channel: str, sample_rate: int) -> tuple[pd.DataFrame, int]:
+    """The channel's metadata rows that the cache holds, with `path` (the array) and `seconds` added, and
+    the number of rows listed.
 
     Rows whose array is missing, empty, truncated or disagrees with `cache.json` are skipped,
     each named with its reason, and counted against `max_skipped_fraction` by the caller.
@@ -233,8 +234,7 @@ def usable_recordings(root: Path, channel: str, sample_rate: int) -> pd.DataFram
     frame = frame[usable].reset_index(drop=True)
     seconds = [index.samples(name) / index.sample_rate for name in frame["filename"]]
     frame = frame.assign(path=[array_path(root, name) for name in frame["filename"]], seconds=seconds)
-    frame.attrs["listed_files"] = listed
-    return frame
+    return frame, listed
 
 
 def load_arrays(index: CacheIndex) -> tuple[list[np.ndarray], int]:
@@ -347,10 +347,9 @@ def convert_recording(source: Path, target: Path, sample_rate: int) -> dict[str,
     if not source.is_file():
         return AudioReadError("file not found")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     report = StreamReport()
     try:
-        with open(temporary, "wb") as handle:
+        with atomic_open(target, "wb") as handle:
             header_bytes = _write_npy_header(handle, 0)
             for block in read_blocks(source, sample_rate, report=report, nonfinite="raise"):
                 handle.write(to_pcm16(block)[0].tobytes())
@@ -359,14 +358,8 @@ def convert_recording(source: Path, target: Path, sample_rate: int) -> dict[str,
             handle.seek(0)
             if _write_npy_header(handle, report.samples) != header_bytes:
                 raise RuntimeError("the .npy header changed size when rewritten")  # numpy guarantees it does not
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        _fsync_directory(target.parent)
     except AudioReadError as error:
         return error
-    finally:
-        temporary.unlink(missing_ok=True)
     return {"samples": report.samples, "clipped": report.clipped}
 
 
@@ -376,15 +369,6 @@ def _write_npy_header(handle: BinaryIO, samples: int) -> int:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)), "fortran_order": False, "shape": (samples,)}
     np.lib.format.write_array_header_1_0(handle, header)
     return handle.tell() - start
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _complete_length(path: Path) -> int | None:
@@ -440,14 +424,10 @@ def _write_index(
         "files": dict(sorted(files.items())),
         "unreadable": dict(sorted(unreadable.items())),
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = output_dir / f".{CACHE_FILE}{TEMPORARY_MARK}{os.getpid()}"
-    temporary.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, output_dir / CACHE_FILE)
+    atomic.write_text(output_dir / CACHE_FILE, json.dumps(payload, indent=1) + "\n")
     return CacheIndex(output_dir, sample_rate, complete, payload["files"], payload["unreadable"])
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from birdsed.atomic import TEMPORARY_MARK, atomic_open
+
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^checkpoint-(\d{8})\.pt$")
@@ -38,26 +40,8 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def atomic_save(state: dict, path: Path) -> None:
     """Write `state` to `path` so that `path` is either absent/old or complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename itself is durable only once the directory entry is on disk.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def save_checkpoint(directory: Path, state: dict, step: int, keep: int) -> Path:
@@ -125,7 +109,7 @@ def remove_stale_temporaries(directory: Path) -> None:
     """Delete temporary files left by a process killed while writing (they were never renamed)."""
     if not directory.is_dir():
         return
-    for path in directory.glob(".*.tmp-*"):
+    for path in directory.glob(f".*{TEMPORARY_MARK}*"):
         logger.info("Removing %s, left by an interrupted write", path.name)
         path.unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from birdsed import atomic
 from birdsed.config import Config
 from birdsed.training.checkpoint import atomic_save
 
@@ -18,11 +19,8 @@ METRICS_FILE = "metrics.json"
 
 
 def write_json(path: Path, payload: object) -> None:
-    """Write JSON atomically (temporary file, then rename), with NaN written as null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(_finite(payload), indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    """Write JSON atomically, with NaN written as null."""
+    atomic.write_text(path, json.dumps(_finite(payload), indent=2) + "\n")
 
 
 def _finite(value: object) -> object:

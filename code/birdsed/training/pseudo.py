@@ -17,9 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from birdsed.atomic import atomic_open
 from birdsed.config import SoundscapeConfig
 from birdsed.data.audio import PCM_SCALE, AudioReadError, RawAudio, fit_length, to_pcm16
 from birdsed.data.dataset import CropDataset
@@ -268,32 +267,19 @@ def merge(
 
 def write_csv(path: Path, labels: PseudoLabels, classes: list[str], sample_rate: int, length: int) -> None:
     """`pseudo_labels_round<R>.csv`: one row per kept window, its soft targets by class; atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["filename", "start", "end", "confidence", *classes])
-            for index in range(len(labels)):
-                start = labels.starts[index] / sample_rate
-                target = labels.target(index, len(classes))
-                writer.writerow([
-                    labels.files[labels.file_index[index]],
-                    format_seconds(start),
-                    format_seconds(start + length / sample_rate),
-                    f"{labels.confidence[index]:.4f}",
-                    *(f"{value:.4f}" if value else "0" for value in target),
-                ])  # fmt: skip
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "start", "end", "confidence", *classes])
+        for index in range(len(labels)):
+            start = labels.starts[index] / sample_rate
+            target = labels.target(index, len(classes))
+            writer.writerow([
+                labels.files[labels.file_index[index]],
+                format_seconds(start),
+                format_seconds(start + length / sample_rate),
+                f"{labels.confidence[index]:.4f}",
+                *(f"{value:.4f}" if value else "0" for value in target),
+            ])  # fmt: skip
 
 
 # ---- training on them ----
