@@ -72,18 +72,23 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
 def _channel(directory: Path, channel: str, cfg: Config) -> tuple[pd.DataFrame, CropSource]:
     """The usable recordings of a channel and the source their crops are read from."""
     if cache.is_cache(directory):
-        frame, source = cache.usable_recordings(directory, channel, cfg.data.sample_rate), cache.CachedWaveforms()
+        (frame, listed), source = (
+            cache.usable_recordings(directory, channel, cfg.data.sample_rate),
+            cache.CachedWaveforms(),
+        )
     else:
-        frame, source = (
+        (frame, listed), source = (
             _usable(metadata.read_metadata(directory), channel, cfg.data.audio_check),
             RawAudio(cfg.data.sample_rate),
         )
-    check_skipped_fraction(channel, frame.attrs["listed_files"], len(frame), cfg.data.max_skipped_fraction)
+    check_skipped_fraction(channel, listed, len(frame), cfg.data.max_skipped_fraction)
     return frame, source
 
 
-def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> pd.DataFrame:
-    """Check every file once; skip (and name, with the reason) those that cannot be used."""
+def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> tuple[pd.DataFrame, int]:
+    """Check every file once; skip (and name, with the reason) those that cannot be used.
+
+    Returns the usable rows (with `seconds`) and the number of rows listed, for the skip limit."""
     infos = _inspect(frame, full=audio_check == "full")
     usable = [isinstance(info, AudioInfo) for info in infos]
     for path, info in zip(frame["path"], infos, strict=True):
@@ -101,9 +106,7 @@ def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> pd.DataFrame
             "named in the 'filename' column."
         )
     seconds = [info.seconds for info in infos if isinstance(info, AudioInfo)]
-    usable_frame = frame[usable].assign(seconds=seconds).reset_index(drop=True)
-    usable_frame.attrs["listed_files"] = len(frame)
-    return usable_frame
+    return frame[usable].assign(seconds=seconds).reset_index(drop=True), len(frame)
 
 
 def _inspect(frame: pd.DataFrame, full: bool) -> list[AudioInfo | AudioReadError]:

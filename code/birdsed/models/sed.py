@@ -27,6 +27,8 @@ class SEDModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.freeze_backbone = freeze_backbone
+        # Backbone + head, where the time goes; `compile_core` swaps in a compiled version of it.
+        self._core = self._backbone_and_head
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -37,7 +39,15 @@ class SEDModel(nn.Module):
             self.backbone.eval()
         return self
 
+    def compile_core(self, **options: object) -> None:
+        """torch.compile backbone + head in place. `state_dict` keys stay unchanged, so checkpoints and the
+        exported model load into an uncompiled model; the front end stays eager (its STFT gains nothing)."""
+        self._core = torch.compile(self._backbone_and_head, **options)
+
     def forward_spectrogram(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._core(spectrogram)
+
+    def _backbone_and_head(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head(self.backbone.forward_features(spectrogram))
 
     def forward(
