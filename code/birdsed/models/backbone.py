@@ -75,22 +75,30 @@ def create_backbone(cfg: ModelConfig, weights: Path | None, in_chans: int = 3) -
     check_backbone_name(cfg.backbone)
     shapes = weights_file.read_shapes(weights, cfg.backbone) if weights else {}
     options = {"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
+    options |= {"pretrained": weights is not None, "num_classes": 0, "global_pool": "", "in_chans": in_chans}
     try:
-        model = timm.create_model(
-            cfg.backbone,
-            pretrained=weights is not None,
-            num_classes=0,
-            global_pool="",
-            in_chans=in_chans,
-            drop_path_rate=cfg.drop_path_rate,
-            **options,
-        )
-    except Exception as error:
+        model = _create_timm_model(cfg.backbone, cfg.drop_path_rate, options)
+    except Exception as error:  # noqa: BLE001 - timm's families fail to build in many ways; the user needs the reason
         if weights is None:
-            raise
+            raise ConfigError(
+                f"Backbone '{cfg.backbone}' cannot be built as a feature extractor by timm: "
+                f"{type(error).__name__}: {error}"
+            ) from None
         raise weights_file.loading_error(weights, cfg.backbone, error) from None
     keep_used_modules(model, cfg.backbone, in_chans)
     if weights:
         weights_file.check_loaded(model, shapes, weights, cfg.backbone)
         logger.info("Loaded pretrained weights for %s from %s", cfg.backbone, weights)
     return model
+
+
+def _create_timm_model(name: str, drop_path_rate: float, options: dict) -> nn.Module:
+    """`timm.create_model` with stochastic depth; families without it (ghostnet, inception_v3) refuse the
+    argument with a TypeError, and are built without it, with a warning."""
+    try:
+        return timm.create_model(name, drop_path_rate=drop_path_rate, **options)
+    except TypeError as error:
+        if "drop_path_rate" not in str(error):
+            raise
+    logger.warning("Backbone %s has no stochastic depth: drop_path_rate=%s is not used", name, drop_path_rate)
+    return timm.create_model(name, **options)
