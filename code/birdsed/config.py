@@ -250,7 +250,7 @@ class LossConfig:
 class AugmentConfig:
     """Batch augmentations on the training device; each has a probability `*_p` per item and a range.
 
-    Defaults follow BirdCLEF practice (see README). `augment=off` switches every one off.
+    Defaults follow BirdCLEF practice (see docs/training.md). `augment=off` switches every one off.
     """
 
     augment: Literal["on", "off"] = field(
