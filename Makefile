@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt pyproject.toml
 
-.PHONY: setup demo test lint format clean gpu-check
+.PHONY: setup demo test lint format clean gpu-check docs
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: lint
 # See docs/gpu-check.md.
 gpu-check:
 	$(PYTHON) tests/gpu_check.py $(GPU_CHECK_ARGS)
+
+# docs/hyperparameters.md from the config's field metadata (tests/test_config_doc.py fails when it is stale).
+docs: setup
+	$(PY) -m birdsed.config_doc
 
 format: setup
 	$(VENV)/bin/ruff format .

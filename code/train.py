@@ -1,7 +1,7 @@
 """SageMaker training entrypoint (SAGEMAKER_PROGRAM): parse, configure, run.
 
 Run by the sagemaker-training toolkit as `python train.py --name value ...`, or by hand the same
-way; see README.md for the hyperparameters.
+way; see docs/hyperparameters.md for the hyperparameters.
 """
 
 import os

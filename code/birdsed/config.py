@@ -3,7 +3,9 @@
 Hyperparameter names are flat (`epochs`, `n_mels`, ...): they are the public interface used by the
 launcher, the docs and the tests. Each belongs to exactly one section below; its value, which
 SageMaker delivers as a string (or JSON-decoded by the toolkit), is parsed by the field's type and
-checked against the field's range. Unknown names are rejected by name.
+checked against the field's range. Unknown names are rejected by name. Every field's metadata holds
+its `help` for users: docs/hyperparameters.md is generated from it (`make docs`, birdsed/config_doc.py),
+and a test fails when a field has none.
 """
 
 from __future__ import annotations
@@ -20,106 +22,318 @@ from birdsed.errors import ConfigError
 from birdsed.parsing import parse_bool
 
 
-def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict:
-    return {"low": low, "high": high, "low_open": low_open}
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False, help: str = "") -> dict:
+    return {"low": low, "high": high, "low_open": low_open, "help": help}
+
+
+def _doc(help: str) -> dict:
+    """Metadata of a field without a numeric range: its user-facing help (docs/hyperparameters.md)."""
+    return {"help": help}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "tf_efficientnetv2_s.in21k"
-    pretrained: Literal["auto", "true", "false"] = "auto"
-    freeze_backbone: bool = False
-    head: Literal["attention", "chrononet"] = "attention"
-    drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95))
-    drop_path_rate: float = field(default=0.1, metadata=_range(0.0, 0.95))
-    gru_hidden: int = field(default=256, metadata=_range(1))
+    backbone: str = field(
+        default="tf_efficientnetv2_s.in21k",
+        metadata=_doc(
+            "Any timm CNN name (e.g. `efficientnet_b0`, `tf_efficientnetv2_s.in21k`); its classifier and "
+            "final pooling are removed. See docs/backbones.md for the tested ones."
+        ),
+    )
+    pretrained: Literal["auto", "true", "false"] = field(
+        default="auto",
+        metadata=_doc(
+            "`auto`: backbone weights from the `pretrained` channel if it holds a file, else random init with"
+            " a warning; `true`: fail without weights; `false`: random init, never look."
+        ),
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata=_doc(
+            "Train only the head: backbone weights and batch-norm statistics stay as loaded. For quick "
+            "fine-tuning of pretrained weights on little data."
+        ),
+    )
+    head: Literal["attention", "chrononet"] = field(
+        default="attention",
+        metadata=_doc(
+            "`attention`: PANNs-style per-class attention pooling over time; `chrononet`: a bidirectional GRU"
+            " before it."
+        ),
+    )
+    drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95, help="Dropout in the SED head."))
+    drop_path_rate: float = field(
+        default=0.1, metadata=_range(0.0, 0.95, help="Stochastic depth in the backbone (timm's `drop_path_rate`).")
+    )
+    gru_hidden: int = field(
+        default=256, metadata=_range(1, help="Width of the `chrononet` head's GRU (unused by `attention`).")
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    sample_rate: int = field(default=32000, metadata=_range(4000, 192000))
-    duration: float = field(default=5.0, metadata=_range(0.0, 120.0, low_open=True))
-    secondary_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
-    num_workers: int = field(default=-1, metadata=_range(-1, 64))
+    sample_rate: int = field(
+        default=32000,
+        metadata=_range(
+            4000,
+            192000,
+            help=(
+                "Hz; every recording is resampled to it (soxr). A waveform cache fixes it: the job's must equal "
+                "the cache's."
+            ),
+        ),
+    )
+    duration: float = field(
+        default=5.0,
+        metadata=_range(
+            0.0,
+            120.0,
+            low_open=True,
+            help="Seconds per training crop and per prediction window (BirdCLEF scores 5 s windows).",
+        ),
+    )
+    secondary_weight: float = field(
+        default=0.5,
+        metadata=_range(0.0, 1.0, help="Target value of a recording's `secondary_labels` (the primary label's is 1)."),
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=_range(
+            0.0, 0.9, help="Fraction of recordings held out for validation when there is no `validation` channel."
+        ),
+    )
+    num_workers: int = field(
+        default=-1,
+        metadata=_range(
+            -1, 64, help="DataLoader workers per training process; -1: the host's CPUs shared between its processes."
+        ),
+    )
     # quick: header + the first and last second of each file; full: decode every file once at start.
-    audio_check: Literal["quick", "full"] = "quick"
-    max_skipped_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    audio_check: Literal["quick", "full"] = field(
+        default="quick",
+        metadata=_doc(
+            "Start-up check of every recording. `quick`: header + the first and last second; `full`: decode "
+            "every file once (finds a NaN mid-file, the true length of VBR MP3s)."
+        ),
+    )
+    max_skipped_fraction: float = field(
+        default=0.1,
+        metadata=_range(
+            0.0,
+            1.0,
+            help=(
+                "The job stops before training if more than this fraction of a channel's recordings is unusable "
+                "(each skipped file is named in the log)."
+            ),
+        ),
+    )
     # An epoch draws max(training recordings, min_epoch_crops) crops: one crop per recording per epoch
     # gave a 100-recording dataset 3 optimizer steps an epoch (docs/recipe.md). 0: one per recording.
-    min_epoch_crops: int = field(default=512, metadata=_range(0, 10_000_000))
+    min_epoch_crops: int = field(
+        default=512,
+        metadata=_range(
+            0,
+            10_000_000,
+            help=(
+                "An epoch draws max(training recordings, this) crops, so small datasets still get optimizer "
+                "steps. 0: one crop per recording per epoch."
+            ),
+        ),
+    )
     # Where training crops start: random (uniform over the recording); energy (the crop with the most
     # high-frequency energy of `crop_candidates` random ones: a call rather than silence or wind); start
     # (uniform within the first 2 x duration seconds, where xeno-canto recordists usually start on the call).
-    crop: Literal["random", "energy", "start"] = "random"
-    crop_candidates: int = field(default=4, metadata=_range(2, 64))
+    crop: Literal["random", "energy", "start"] = field(
+        default="random",
+        metadata=_doc(
+            "Where training crops start. `random`: uniform; `energy`: the crop with the most high-frequency "
+            "energy of `crop_candidates` random ones; `start`: uniform within the first 2 x `duration` "
+            "seconds."
+        ),
+    )
+    crop_candidates: int = field(
+        default=4,
+        metadata=_range(
+            2, 64, help="Random crops compared by `crop=energy` (more: likelier to hold a call, more decoding)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    n_mels: int = field(default=128, metadata=_range(8, 512))
-    n_fft: int = field(default=2048, metadata=_range(64, 16384))
-    hop_length: int = field(default=512, metadata=_range(16, 8192))
-    fmin: float = field(default=50.0, metadata=_range(0.0))
-    fmax: float = field(default=14000.0, metadata=_range(0.0, low_open=True))
-    top_db: float = field(default=80.0, metadata=_range(10.0, 200.0))
+    n_mels: int = field(default=128, metadata=_range(8, 512, help="Mel bands of the spectrogram."))
+    n_fft: int = field(
+        default=2048,
+        metadata=_range(
+            64, 16384, help="FFT size in samples (at `sample_rate`); must not exceed `duration` x `sample_rate`."
+        ),
+    )
+    hop_length: int = field(
+        default=512, metadata=_range(16, 8192, help="Samples between spectrogram frames; at most `n_fft`.")
+    )
+    fmin: float = field(default=50.0, metadata=_range(0.0, help="Hz, lowest mel frequency; below `fmax`."))
+    fmax: float = field(
+        default=14000.0,
+        metadata=_range(0.0, low_open=True, help="Hz, highest mel frequency; at most `sample_rate / 2`."),
+    )
+    top_db: float = field(
+        default=80.0, metadata=_range(10.0, 200.0, help="dB of dynamic range kept per crop below its loudest bin.")
+    )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = field(default=30, metadata=_range(1, 100000))
-    batch_size: int = field(default=32, metadata=_range(1, 4096))
-    grad_accum_steps: int = field(default=1, metadata=_range(1, 1024))
-    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, low_open=True))
-    weight_decay: float = field(default=1e-2, metadata=_range(0.0, 10.0))
-    warmup_epochs: float = field(default=1.0, metadata=_range(0.0, 1000.0))
-    min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0))
-    max_grad_norm: float = field(default=5.0, metadata=_range(0.0))
-    max_steps: int = field(default=0, metadata=_range(0))
-    nonfinite_patience: int = field(default=10, metadata=_range(1, 100000))
+    epochs: int = field(
+        default=30,
+        metadata=_range(1, 100000, help="Training epochs (of round 0 when `pseudo_rounds` > 0; see `pseudo_epochs`)."),
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_range(
+            1,
+            4096,
+            help=(
+                "Crops per optimizer micro-step, per process: the effective batch is `batch_size` x "
+                "`grad_accum_steps` x processes."
+            ),
+        ),
+    )
+    grad_accum_steps: int = field(
+        default=1,
+        metadata=_range(
+            1, 1024, help="Micro-steps accumulated per optimizer step (a larger effective batch in the same memory)."
+        ),
+    )
+    lr: float = field(default=1e-3, metadata=_range(0.0, 10.0, low_open=True, help="Peak learning rate of AdamW."))
+    weight_decay: float = field(
+        default=1e-2, metadata=_range(0.0, 10.0, help="AdamW weight decay (none on biases and norms).")
+    )
+    warmup_epochs: float = field(
+        default=1.0,
+        metadata=_range(0.0, 1000.0, help="Linear warmup length in epochs (fractions allowed), then cosine decay."),
+    )
+    min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0, help="The cosine decay ends at `lr` x this."))
+    max_grad_norm: float = field(default=5.0, metadata=_range(0.0, help="Gradient clipping by global norm; 0: off."))
+    max_steps: int = field(default=0, metadata=_range(0, help="Stop after this many optimizer steps; 0: no limit."))
+    nonfinite_patience: int = field(
+        default=10,
+        metadata=_range(
+            1,
+            100000,
+            help=(
+                "Consecutive optimizer steps with a non-finite loss or gradient (each skipped) before the job "
+                "stops with a reason and no model."
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    loss: Literal["focal", "bce"] = "focal"
-    focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
-    frame_loss_weight: float = field(default=0.5, metadata=_range(0.0, 10.0))
+    loss: Literal["focal", "bce"] = field(
+        default="focal",
+        metadata=_doc("`focal` (focal binary cross-entropy) or `bce`; both weighted by class and recording weights."),
+    )
+    focal_gamma: float = field(
+        default=2.0, metadata=_range(0.0, 10.0, help="Focusing exponent of the focal loss (0: plain BCE).")
+    )
+    frame_loss_weight: float = field(
+        default=0.5,
+        metadata=_range(
+            0.0,
+            10.0,
+            help="Weight of the loss on each class's strongest frame, which trains the frame-wise (event) output.",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Batch augmentations on the training device; each has a probability `*_p` per item and a range.
 
-    Defaults follow BirdCLEF practice (see README). `augment=off` switches every one off.
+    Defaults follow BirdCLEF practice (see docs/training.md). `augment=off` switches every one off.
     """
 
-    augment: Literal["on", "off"] = "on"
-    gain_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    gain_db_min: float = field(default=-6.0, metadata=_range(-40.0, 40.0))
-    gain_db_max: float = field(default=6.0, metadata=_range(-40.0, 40.0))
-    mix_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    mix_max_clips: int = field(default=3, metadata=_range(2, 3))
-    stretch_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
-    stretch_min: float = field(default=0.8, metadata=_range(0.25, 4.0))
-    stretch_max: float = field(default=1.25, metadata=_range(0.25, 4.0))
-    pitch_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
-    pitch_semitones_min: float = field(default=-2.0, metadata=_range(-12.0, 12.0))
-    pitch_semitones_max: float = field(default=2.0, metadata=_range(-12.0, 12.0))
-    background_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    background_snr_min: float = field(default=3.0, metadata=_range(-20.0, 60.0))
-    background_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
-    noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0))
-    noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0))
-    noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
-    pink_noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0))
-    pink_noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0))
-    pink_noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
-    wave_mask_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
-    wave_mask_max_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
-    time_mask_p: float = field(default=0.3, metadata=_range(0.0, 1.0))
-    time_mask_max_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
-    freq_mask_p: float = field(default=0.3, metadata=_range(0.0, 1.0))
-    freq_mask_max_bins: int = field(default=16, metadata=_range(0, 512))
+    augment: Literal["on", "off"] = field(
+        default="on", metadata=_doc("`off` switches every augmentation below off (validation is never augmented).")
+    )
+    gain_p: float = field(
+        default=0.5,
+        metadata=_range(
+            0.0, 1.0, help="Probability of a random gain, applied before mixing so mixed clips differ in level."
+        ),
+    )
+    gain_db_min: float = field(default=-6.0, metadata=_range(-40.0, 40.0, help="Lowest random gain, dB."))
+    gain_db_max: float = field(default=6.0, metadata=_range(-40.0, 40.0, help="Highest random gain, dB."))
+    mix_p: float = field(
+        default=0.5,
+        metadata=_range(
+            0.0,
+            1.0,
+            help=(
+                "Probability of mixing an item with 1 or 2 other clips of the batch; target = the union of "
+                "labels, weight = the smallest."
+            ),
+        ),
+    )
+    mix_max_clips: int = field(default=3, metadata=_range(2, 3, help="Clips summed by a mix, at most (2 or 3)."))
+    stretch_p: float = field(
+        default=0.2,
+        metadata=_range(0.0, 1.0, help="Probability of a time stretch (pitch kept; cut or padded back to `duration`)."),
+    )
+    stretch_min: float = field(
+        default=0.8, metadata=_range(0.25, 4.0, help="Lowest stretch rate (log-uniform; > 1 is faster).")
+    )
+    stretch_max: float = field(default=1.25, metadata=_range(0.25, 4.0, help="Highest stretch rate."))
+    pitch_p: float = field(
+        default=0.2, metadata=_range(0.0, 1.0, help="Probability of a pitch shift (timing and length kept).")
+    )
+    pitch_semitones_min: float = field(
+        default=-2.0, metadata=_range(-12.0, 12.0, help="Lowest pitch shift, semitones.")
+    )
+    pitch_semitones_max: float = field(
+        default=2.0, metadata=_range(-12.0, 12.0, help="Highest pitch shift, semitones.")
+    )
+    background_p: float = field(
+        default=0.5,
+        metadata=_range(
+            0.0,
+            1.0,
+            help=(
+                "Probability of mixing in a recording of the `noise` channel (off, and logged, without the channel)."
+            ),
+        ),
+    )
+    background_snr_min: float = field(
+        default=3.0, metadata=_range(-20.0, 60.0, help="Lowest SNR of background noise, dB.")
+    )
+    background_snr_max: float = field(
+        default=20.0, metadata=_range(-20.0, 60.0, help="Highest SNR of background noise, dB.")
+    )
+    noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0, help="Probability of white Gaussian noise."))
+    noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0, help="Lowest SNR of white noise, dB."))
+    noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0, help="Highest SNR of white noise, dB."))
+    pink_noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0, help="Probability of pink (1/f) noise."))
+    pink_noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0, help="Lowest SNR of pink noise, dB."))
+    pink_noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0, help="Highest SNR of pink noise, dB."))
+    wave_mask_p: float = field(
+        default=0.2, metadata=_range(0.0, 1.0, help="Probability of silencing one span of the waveform.")
+    )
+    wave_mask_max_fraction: float = field(
+        default=0.1, metadata=_range(0.0, 0.9, help="Longest silenced span, as a fraction of the crop.")
+    )
+    time_mask_p: float = field(
+        default=0.3, metadata=_range(0.0, 1.0, help="Probability of zeroing one span of spectrogram frames.")
+    )
+    time_mask_max_fraction: float = field(
+        default=0.1, metadata=_range(0.0, 0.9, help="Longest time mask, as a fraction of the frames.")
+    )
+    freq_mask_p: float = field(
+        default=0.3, metadata=_range(0.0, 1.0, help="Probability of zeroing one span of mel bins.")
+    )
+    freq_mask_max_bins: int = field(
+        default=16, metadata=_range(0, 512, help="Widest frequency mask in mel bins (at most `n_mels`).")
+    )
 
 
 # (low, high) hyperparameter pairs that must be ordered.
@@ -138,28 +352,80 @@ class ValidationConfig:
     """How validation is judged (docs/recipe.md)."""
 
     # The log-mel statistics + logistic regression reference, fitted at start and scored on validation.
-    baseline: Literal["on", "off"] = "on"
+    baseline: Literal["on", "off"] = field(
+        default="on",
+        metadata=_doc(
+            "`on`: fit the log-mel statistics + logistic regression reference at start, log "
+            "`baseline_val_auc` / `baseline_val_cmap` and warn at the end if the model does not beat it; "
+            "`off`: skip it."
+        ),
+    )
     # Which validation metric picks the best epoch. auto: val_cmap, unless the validation set is so small
     # that padding flatters cmAP (random scores above birdsed.training.selection.PADDED_CHANCE_LIMIT): val_auc.
     # val_soundscape_auc / val_soundscape_cmap score the labelled `soundscape_validation` windows (docs/soundscapes.md).
-    select_metric: Literal["auto", "val_cmap", "val_auc", "val_soundscape_auc", "val_soundscape_cmap"] = "auto"
+    select_metric: Literal["auto", "val_cmap", "val_auc", "val_soundscape_auc", "val_soundscape_cmap"] = field(
+        default="auto",
+        metadata=_doc(
+            "Validation metric that picks the best epoch (the delivered model). `auto`: `val_cmap`, or "
+            "`val_auc` when random scores reach a padded cmAP above 0.5 on a small validation set; the "
+            "soundscape metrics need the `soundscape_validation` channel."
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    amp: Literal["auto", "off"] = "auto"
-    seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
-    checkpoint_keep: int = field(default=3, metadata=_range(1, 1000))
-    nproc_per_node: int = field(default=0, metadata=_range(0, 64))  # 0: one per GPU, 1 without GPUs
-    sync_batchnorm: bool = False
+    amp: Literal["auto", "off"] = field(
+        default="auto",
+        metadata=_doc("`auto`: fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16; `off`: float32."),
+    )
+    seed: int = field(
+        default=42,
+        metadata=_range(0, 2**31 - 1, help="Seed of the split, sampling, crops, augmentation and initialisation."),
+    )
+    checkpoint_keep: int = field(
+        default=3,
+        metadata=_range(1, 1000, help="Checkpoints kept in `/opt/ml/checkpoints` (the newest; plus `best_model.pt`)."),
+    )
+    nproc_per_node: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            64,
+            help=(
+                "Training processes per host; 0: one per GPU (1 without GPUs). More than one starts torchrun and DDP."
+            ),
+        ),
+    )
+    sync_batchnorm: bool = field(
+        default=False, metadata=_doc("SyncBatchNorm across processes (only with more than one).")
+    )
     # auto: torchrun and DistributedDataParallel only for more than one process; always: also for one, so a
     # single GPU rehearses a multi-GPU job's code path (torchrun, NCCL, DDP, collectives), as the GPU check does.
-    distributed: Literal["auto", "always"] = "auto"
+    distributed: Literal["auto", "always"] = field(
+        default="auto",
+        metadata=_doc(
+            "`auto`: torchrun + DistributedDataParallel only for more than one process; `always`: also for "
+            "one (rehearses a multi-GPU job on one GPU)."
+        ),
+    )
     # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
-    compile: bool = False
+    compile: bool = field(
+        default=False,
+        metadata=_doc(
+            "`torch.compile` of backbone + head: faster GPU steps after a minute or two of compiling; "
+            "checkpoints unchanged."
+        ),
+    )
     # model.onnx beside model.pt2 at the end of training (onnxruntime, CPU inference, Kaggle); takes
     # 15-60 s on the job's CPU; a failed export is logged and recorded, never fails the job.
-    export_onnx: bool = True
+    export_onnx: bool = field(
+        default=True,
+        metadata=_doc(
+            "Write `model.onnx` beside `model.pt2` at the end (15-60 s on the job's CPU); a failed export is "
+            "logged and recorded in metrics.json, never fails the job."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -172,12 +438,35 @@ class SoundscapeConfig:
     with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`).
     """
 
-    pseudo_rounds: int = field(default=0, metadata=_range(0, 100))
-    pseudo_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    pseudo_power: float = field(default=1.0, metadata=_range(0.0, 10.0, low_open=True))
-    pseudo_min: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    pseudo_p: float = field(default=0.4, metadata=_range(0.0, 1.0))
-    pseudo_epochs: int = field(default=0, metadata=_range(0, 100000))
+    pseudo_rounds: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            100,
+            help=(
+                "Pseudo-label rounds on the unlabelled `soundscapes` channel after round 0 (training on the focal"
+                " data); 0: none."
+            ),
+        ),
+    )
+    pseudo_threshold: float = field(
+        default=0.5,
+        metadata=_range(0.0, 1.0, help="A soundscape window is kept when its top probability is at least this."),
+    )
+    pseudo_power: float = field(
+        default=1.0,
+        metadata=_range(
+            0.0, 10.0, low_open=True, help="Soft targets are `p ** pseudo_power` (> 1 sharpens towards 0)."
+        ),
+    )
+    pseudo_min: float = field(default=0.1, metadata=_range(0.0, 1.0, help="Soft targets below this become 0."))
+    pseudo_p: float = field(
+        default=0.4,
+        metadata=_range(0.0, 1.0, help="Probability that a training item is swapped for a kept soundscape window."),
+    )
+    pseudo_epochs: int = field(
+        default=0, metadata=_range(0, 100000, help="Epochs per pseudo-label round; 0: as many as `epochs`.")
+    )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 DATA is a BirdCLEF-style folder (train_metadata.csv + train_audio/). Rerunning with the same --output
 resumes: finished recordings are skipped, unreadable ones are tried again. Upload CACHE as the job's
-`train` channel (e.g. `aws s3 sync CACHE s3://bucket/prefix`); see README.md, "Preparing a waveform cache".
+`train` channel (e.g. `aws s3 sync CACHE s3://bucket/prefix`); see docs/data.md, "Preparing a waveform cache".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`train_metadata.csv`: parsing, label vocabulary, ratings, split, class and sample weights.
 
-Rules (documented in the README):
+Rules (documented in docs/data.md):
 - `secondary_labels` is a Python-list string (`"['a', 'b']"`); secondary labels outside the
   vocabulary (the primary labels of the training data) are ignored and counted.
 - `rating` 0 means "not rated" on xeno-canto, so 0 and empty ratings are both filled: with the mean
@@ -57,7 +57,7 @@ def read_metadata(channel_dir: Path) -> pd.DataFrame:
     """Read and normalise `train_metadata.csv` of a channel; paths are made absolute.
 
     Rows that cannot be used (no label, no filename, a filename leaving `train_audio/`, a repeated
-    filename) are dropped and counted; odd values are normalised as documented in the README.
+    filename) are dropped and counted; odd values are normalised as documented in docs/data.md.
     """
     csv_path = channel_dir / METADATA_FILE
     frame = _load_csv(csv_path)
