@@ -22,5 +22,5 @@ def test_a_backbone_timm_cannot_build_is_a_config_error_with_the_reason(monkeypa
         raise RuntimeError("features_only not implemented for this family")
 
     monkeypatch.setattr(timm, "create_model", refuse)
-    with pytest.raises(ConfigError, match="Backbone 'resnet18' cannot be built .* RuntimeError: features_only"):
+    with pytest.raises(ConfigError, match=r"Backbone 'resnet18' cannot be built .* RuntimeError: features_only"):
         create_backbone(from_hyperparameters({"backbone": "resnet18"}).model, None)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import textwrap
 import typing
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from birdsed import config
+from birdsed import atomic, config
 
 # The repository's docs/ when run from a checkout (code/birdsed/config_doc.py -> the repository root).
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "hyperparameters.md"
@@ -132,25 +130,6 @@ def _range(metadata: Mapping) -> str:
     return ", ".join(bound for bound in (lower, upper) if bound)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file unique to this call: fsynced, renamed, directory fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m birdsed.config_doc", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
@@ -168,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     try:
-        write_atomic(args.output, text)
+        atomic.write_text(args.output, text)
     except OSError as error:
         print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 1
