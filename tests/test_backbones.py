@@ -213,6 +213,7 @@ JOB = {
     "val_fraction": 0,
     "augment": "off",
     "num_workers": 0,
+    "min_epoch_crops": 0,  # one crop per recording: 3 batches of 2 per process
 }
 
 RUN_EXPORTED = textwrap.dedent(
