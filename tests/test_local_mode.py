@@ -90,7 +90,7 @@ def test_local_job_failure_is_one_line_with_the_jobs_reason(docker, synthetic_da
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "model.safetensors").write_text("<html>404 Not Found</html>")
-    code, _out, err = run(capsys, [*argv, "--pretrained", str(weights), *hp_flags()])
+    code, _out, err = run(capsys, [*argv, "--pretrained", str(weights), *hp_flags(pretrained="auto")])
     assert code == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: local training failed:") and "is not a safetensors file" in last, err[-2000:]

@@ -68,6 +68,11 @@ class OptimConfig:
     max_grad_norm: float = field(default=5.0, metadata=_range(0.0))
     max_steps: int = field(default=0, metadata=_range(0))
     nonfinite_patience: int = field(default=10, metadata=_range(1, 100000))
+    # Fine-tuning pretrained weights (training/finetune.py): the first N epochs train the head only (the
+    # backbone, its batch-norm statistics included, stays as loaded), then everything trains.
+    freeze_backbone_epochs: int = field(default=0, metadata=_range(0, 100000))
+    # The backbone's learning rate relative to the head's (both follow the one warmup + cosine schedule).
+    backbone_lr_scale: float = field(default=1.0, metadata=_range(0.0, 100.0, low_open=True))
 
 
 @dataclass(frozen=True)
@@ -173,9 +178,11 @@ def _section_fields() -> dict[str, tuple[str, dataclasses.Field, object]]:
 HYPERPARAMETERS = _section_fields()
 
 # A job small enough to train in seconds on a CPU, with real structure (a tiny timm EfficientNet at
-# 16 kHz): the tests, the smoke checks and the memory profile use it.
+# 16 kHz): the tests, the smoke checks and the memory profile use it. It looks for no pretrained weights
+# (no download, no network): tests of the pretrained policy set `pretrained` themselves.
 TINY_HYPERPARAMETERS = {
     "backbone": "test_efficientnet",
+    "pretrained": "false",
     "sample_rate": 16000,
     "fmax": 8000,
     "n_mels": 48,
@@ -292,6 +299,11 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             f"Hyperparameter 'duration' ({config.data.duration:g} s) is shorter than one FFT window "
             f"(n_fft={config.features.n_fft} samples at {config.data.sample_rate} Hz)."
+        )
+    if config.model.freeze_backbone and config.optim.freeze_backbone_epochs:
+        raise ConfigError(
+            "Hyperparameter 'freeze_backbone_epochs' has no effect with freeze_backbone=true, which keeps the "
+            "backbone frozen for the whole run; set one of them."
         )
     _check_augment(config)
 
