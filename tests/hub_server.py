@@ -108,7 +108,9 @@ class StandInHub:
         return Handler
 
 
-def serve_weights(backbone_repo: str, weights: dict[str, torch.Tensor], filename: str = "model.safetensors") -> StandInHub:
+def serve_weights(
+    backbone_repo: str, weights: dict[str, torch.Tensor], filename: str = "model.safetensors"
+) -> StandInHub:
     """A Hub holding `weights` as timm's layout of `backbone_repo` (safetensors unless told otherwise)."""
     if filename.endswith(".safetensors"):
         content = save(weights)
@@ -131,7 +133,7 @@ class SilentHub:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self.socket.getsockname()[1]
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}"
 
     def _accept(self) -> None:
         while True:

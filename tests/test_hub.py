@@ -82,7 +82,7 @@ def test_a_refusing_hub_is_tried_three_times_then_given_up():
 
 def test_a_definite_no_is_not_asked_again(tmp_path):
     with StandInHub({("timm/another", "model.safetensors"): b"x"}) as server:
-        with pytest.raises(hub.HubUnavailable, match="refused timm/test_efficientnet.r160_in1k .*HF_TOKEN"):
+        with pytest.raises(hub.HubUnavailable, match=r"refused timm/test_efficientnet.r160_in1k .*HF_TOKEN"):
             hub.first_contact(hub.hub_repo("test_efficientnet"), settings(server.url, tmp_path))
         assert len(server.requests) == 1
 

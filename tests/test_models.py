@@ -7,9 +7,9 @@ from birdsed.config import from_hyperparameters
 from birdsed.errors import ConfigError, DataError
 from birdsed.models import create_model
 from birdsed.models.backbone import create_backbone, find_pretrained_weights
+from birdsed.models.heads import AttentionSEDHead, ChronoNetHead
 from birdsed.models.weights import RANDOM, resolve_weights
 from birdsed.sm_env import HubSettings
-from birdsed.models.heads import AttentionSEDHead, ChronoNetHead
 
 SMALL = {
     "backbone": "test_efficientnet",
@@ -82,7 +82,10 @@ def test_pretrained_true_without_weights_fails_and_auto_warns(tmp_path, caplog):
     auto = from_hyperparameters({**SMALL, "pretrained": "auto"}).model
     assert resolve_weights(auto, None, OFFLINE, checkpoints) == RANDOM
     assert "RANDOM initialisation" in caplog.text and "HF_HUB_OFFLINE is set" in caplog.text
-    assert resolve_weights(from_hyperparameters({**SMALL, "pretrained": "false"}).model, tmp_path, OFFLINE, checkpoints) == RANDOM
+    assert (
+        resolve_weights(from_hyperparameters({**SMALL, "pretrained": "false"}).model, tmp_path, OFFLINE, checkpoints)
+        == RANDOM
+    )
 
 
 def test_several_weight_files_pick_the_one_named_after_the_backbone(tmp_path):

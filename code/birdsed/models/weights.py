@@ -60,7 +60,9 @@ def resolve_weights(
     return weights
 
 
-def _resolve(cfg: ModelConfig, channel_dir: Path | None, settings: HubSettings, checkpoint_dir: Path) -> PretrainedWeights:
+def _resolve(
+    cfg: ModelConfig, channel_dir: Path | None, settings: HubSettings, checkpoint_dir: Path
+) -> PretrainedWeights:
     if cfg.pretrained == "false":
         return RANDOM
     path = find_pretrained_weights(channel_dir, cfg.backbone)
@@ -146,4 +148,3 @@ def checked(backbone: str, file: hub.HubFile, path: Path) -> PretrainedWeights:
             shutil.rmtree(path.parent, ignore_errors=True)
         raise hub.HubUnavailable(f"served a file that is not usable weights ({error})") from None
     return PretrainedWeights("hub", path, file.name)
-

@@ -44,4 +44,6 @@ def set_phase(trainer: Trainer, cfg: Config, epoch: int) -> None:
         trainer.model = trainer.distributed.wrap(model, sync_batchnorm=False)  # already converted, if asked
     if cfg.optim.freeze_backbone_epochs and not cfg.model.freeze_backbone:
         what = "frozen: the head trains alone" if frozen else "unfrozen: the whole model trains"
-        logger.info("epoch=%d: backbone %s (freeze_backbone_epochs=%d)", epoch + 1, what, cfg.optim.freeze_backbone_epochs)
+        logger.info(
+            "epoch=%d: backbone %s (freeze_backbone_epochs=%d)", epoch + 1, what, cfg.optim.freeze_backbone_epochs
+        )

@@ -304,7 +304,12 @@ def resume(job: Job) -> Progress:
     trainer, optim = job.trainer, job.cfg.optim
     unwrap(trainer.model).load_state_dict(state["model"])
     resume_config.load_optimizer_state(
-        trainer.optimizer, trainer.scheduler, state["optimizer"], unwrap(trainer.model), optim, state["progress"]["step"]
+        trainer.optimizer,
+        trainer.scheduler,
+        state["optimizer"],
+        unwrap(trainer.model),
+        optim,
+        state["progress"]["step"],
     )
     if state.get("weights", job.weights) != job.weights:  # a checkpoint from before birdsed recorded it keeps ours
         logger.info("resume: the run started from weights=%s; it continues from the checkpoint", state["weights"])
