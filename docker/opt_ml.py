@@ -1,6 +1,7 @@
 """Lay out a folder as SageMaker lays out /opt/ml for the image, to mount with docker/run_local.sh.
 
-    python docker/opt_ml.py DIR --train DATA_DIR [--validation DIR] [--noise DIR] [--hp key=value ...]
+    python docker/opt_ml.py DIR --train DATA_DIR [--validation DIR] [--pretrained DIR] [--noise DIR]
+                            [--soundscape-validation DIR] [--soundscapes DIR] [--hp key=value ...]
 
 The channels are copied (links would not resolve inside the container) and the code is left out (the
 image carries it); see `birdsed_launch.local_job.container_layout`.

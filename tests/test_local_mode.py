@@ -147,3 +147,19 @@ def test_local_errors_are_one_line(request, tmp_path, synthetic_dataset, capsys,
     code, out, err = run(capsys, [*base, *argv])
     assert code in (1, 2) and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_soundscape_channels_are_mounted_in_local_mode(docker, synthetic_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_NO_RUN", "1")  # only the compose file matters here
+    labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
+    labelled.mkdir()
+    unlabelled.mkdir()
+    argv = ["--local", "--image-uri", IMAGE, "--train", str(synthetic_dataset), "--output-path", str(tmp_path / "out")]
+    argv += ["--soundscape-validation", str(labelled), "--soundscapes", str(unlabelled)]
+    code, _out, err = run(capsys, [*argv, *hp_flags(pseudo_rounds=1)])
+    assert code == 0, err[-3000:]
+    (service,) = yaml.safe_load((docker / "docker-compose.yaml").read_text())["services"].values()
+    assert f"{labelled}:/opt/ml/input/data/soundscape_validation" in service["volumes"]
+    assert f"{unlabelled}:/opt/ml/input/data/soundscapes" in service["volumes"]
+    code, _out, err = run(capsys, [*argv[:7], "--soundscapes", str(tmp_path / "none")])
+    assert code == 2 and f"--soundscapes {tmp_path / 'none'}: no such folder" in err

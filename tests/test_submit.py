@@ -348,3 +348,40 @@ def test_dry_run_without_credentials_needs_the_image_uri(account, run, monkeypat
     code, out, err = run([*GOOD, "--dry-run"])
     assert (code, out) == (1, "")
     assert "pass --image-uri for a dry run without credentials" in err and err.count("\n") == 1
+
+
+# --- soundscape channels and metrics (docs/soundscapes.md) --------------------------------------------
+
+
+def test_soundscape_channels_reach_the_job(account, run):
+    account.put_objects(DATA_BUCKET, ["labelled/soundscape_labels.csv", "labelled/a.ogg", "unlabelled/site/b.ogg"])
+    empty = [*GOOD, "--soundscapes", f"s3://{DATA_BUCKET}/none/"]
+    assert_fails(run, account, empty, 1, f"--soundscapes s3://{DATA_BUCKET}/none/: no objects under this prefix")
+    argv = [*GOOD, "--soundscape-validation", f"s3://{DATA_BUCKET}/labelled/", "--hp", "pseudo_rounds=2"]
+    code, out, err = run([*argv, "--soundscapes", f"s3://{DATA_BUCKET}/unlabelled/"])
+    assert code == 0, err
+    job = account.describe(out.split()[0])
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels == {
+        "train": f"s3://{DATA_BUCKET}/birdclef/",
+        "soundscape_validation": f"s3://{DATA_BUCKET}/labelled/",
+        "soundscapes": f"s3://{DATA_BUCKET}/unlabelled/",
+    }
+    assert job["HyperParameters"] == {"pseudo_rounds": "2"}
+
+
+def test_metric_regexes_read_the_soundscape_scores_and_the_round():
+    record = {
+        "epoch": 31, "train_loss": 0.25, "val_loss": 0.5, "val_cmap": 0.75, "val_auc": 0.875, "lr": 2.5e-4,
+        "val_soundscape_auc": 0.8125, "val_soundscape_cmap": 0.625, "round": 2,
+    }  # fmt: skip
+    line = format_metrics(record)
+    assert line.endswith(" lr=2.500000e-04 val_soundscape_auc=0.812500 val_soundscape_cmap=0.625000 round=2")
+    for name, regex in job_spec.METRIC_REGEXES.items():
+        assert float(re.search(regex, f"2026-11-24 INFO {line}").group(1)) == pytest.approx(record[name]), name
+    plain = format_metrics({key: record[key] for key in job_spec.LINE_FIELDS})
+    assert not any(re.search(job_spec.METRIC_REGEXES[name], plain) for name in (*job_spec.SOUNDSCAPE_FIELDS, "round"))
+    rounds_only = format_metrics({**{key: record[key] for key in job_spec.LINE_FIELDS}, "round": 1})
+    assert re.search(job_spec.METRIC_REGEXES["round"], rounds_only).group(1) == "1"
+    assert re.search(job_spec.METRIC_REGEXES["val_cmap"], rounds_only).group(1) == "0.750000"
+    assert not re.search(job_spec.METRIC_REGEXES["round"], "round=1 pseudo_windows=9 kept=3 mean_confidence=0.5")

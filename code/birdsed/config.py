@@ -26,7 +26,14 @@ def _range(low: float | None = None, high: float | None = None, *, low_open: boo
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "tf_efficientnetv2_s.in21k"
-    pretrained: Literal["auto", "true", "false"] = "auto"
+    # Where the backbone's starting weights come from (models/weights.py, docs/pretrained.md).
+    pretrained: Literal["auto", "true", "false"] = field(
+        default="auto",
+        metadata={
+            "help": "Backbone weights: auto = the pretrained channel, else the Hugging Face Hub, else random (with a "
+            "warning); true = the same but fail when neither has them; false = random, never looks."
+        },
+    )
     freeze_backbone: bool = False
     head: Literal["attention", "chrononet"] = "attention"
     drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95))
@@ -44,6 +51,14 @@ class DataConfig:
     # quick: header + the first and last second of each file; full: decode every file once at start.
     audio_check: Literal["quick", "full"] = "quick"
     max_skipped_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    # An epoch draws max(training recordings, min_epoch_crops) crops: one crop per recording per epoch
+    # gave a 100-recording dataset 3 optimizer steps an epoch (docs/recipe.md). 0: one per recording.
+    min_epoch_crops: int = field(default=512, metadata=_range(0, 10_000_000))
+    # Where training crops start: random (uniform over the recording); energy (the crop with the most
+    # high-frequency energy of `crop_candidates` random ones: a call rather than silence or wind); start
+    # (uniform within the first 2 x duration seconds, where xeno-canto recordists usually start on the call).
+    crop: Literal["random", "energy", "start"] = "random"
+    crop_candidates: int = field(default=4, metadata=_range(2, 64))
 
 
 @dataclass(frozen=True)
@@ -70,9 +85,23 @@ class OptimConfig:
     nonfinite_patience: int = field(default=10, metadata=_range(1, 100000))
     # Fine-tuning pretrained weights (training/finetune.py): the first N epochs train the head only (the
     # backbone, its batch-norm statistics included, stays as loaded), then everything trains.
-    freeze_backbone_epochs: int = field(default=0, metadata=_range(0, 100000))
+    freeze_backbone_epochs: int = field(
+        default=0,
+        metadata={
+            **_range(0, 100000),
+            "help": "Train the head alone (backbone frozen, batch-norm statistics included) for the first N epochs, "
+            "then the whole model.",
+        },
+    )
     # The backbone's learning rate relative to the head's (both follow the one warmup + cosine schedule).
-    backbone_lr_scale: float = field(default=1.0, metadata=_range(0.0, 100.0, low_open=True))
+    backbone_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            **_range(0.0, 100.0, low_open=True),
+            "help": "The backbone's learning rate as a multiple of the head's (e.g. 0.1 to change pretrained "
+            "weights more gently); both follow the same warmup and cosine schedule.",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +159,18 @@ AUGMENT_RANGES = (
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """How validation is judged (docs/recipe.md)."""
+
+    # The log-mel statistics + logistic regression reference, fitted at start and scored on validation.
+    baseline: Literal["on", "off"] = "on"
+    # Which validation metric picks the best epoch. auto: val_cmap, unless the validation set is so small
+    # that padding flatters cmAP (random scores above birdsed.training.selection.PADDED_CHANCE_LIMIT): val_auc.
+    # val_soundscape_auc / val_soundscape_cmap score the labelled `soundscape_validation` windows (docs/soundscapes.md).
+    select_metric: Literal["auto", "val_cmap", "val_auc", "val_soundscape_auc", "val_soundscape_cmap"] = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     amp: Literal["auto", "off"] = "auto"
     seed: int = field(default=42, metadata=_range(0, 2**31 - 1))
@@ -147,6 +188,24 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class SoundscapeConfig:
+    """Pseudo-label rounds on the unlabelled `soundscapes` channel (docs/soundscapes.md).
+
+    Round 0 trains on the focal data; each round r >= 1 starts from round r-1's best weights, predicts
+    every soundscape window, keeps those whose top probability is >= `pseudo_threshold` with soft
+    targets `p ** pseudo_power` (below `pseudo_min`: 0) and swaps them into training batches, each item
+    with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`).
+    """
+
+    pseudo_rounds: int = field(default=0, metadata=_range(0, 100))
+    pseudo_threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    pseudo_power: float = field(default=1.0, metadata=_range(0.0, 10.0, low_open=True))
+    pseudo_min: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    pseudo_p: float = field(default=0.4, metadata=_range(0.0, 1.0))
+    pseudo_epochs: int = field(default=0, metadata=_range(0, 100000))
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,7 +213,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    soundscapes: SoundscapeConfig = field(default_factory=SoundscapeConfig)
 
     def to_dict(self) -> dict[str, dict[str, object]]:
         return dataclasses.asdict(self)
@@ -191,6 +252,8 @@ TINY_HYPERPARAMETERS = {
     "duration": 3,
     "batch_size": 16,
     "lr": 3e-3,
+    # One crop per recording per epoch, as before min_epoch_crops: tests count epochs and steps on tiny data.
+    "min_epoch_crops": 0,
 }
 
 

@@ -66,18 +66,26 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     )
 
 
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int, total: int) -> int:
+    """Warmup updates of a schedule `total` updates long (at least one update after warmup)."""
+    return min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+
+
 def schedule_steps(cfg: OptimConfig, steps_per_epoch: int) -> tuple[int, int]:
     """(total optimizer updates, warmup updates) of the run."""
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
-    return total, warmup
+    return total, warmup_steps(cfg, steps_per_epoch, total)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int) -> CosineLRScheduler:
     """Warmup from lr / warmup (the first update's rate) to lr, then cosine to lr * min_lr_ratio at the last update."""
-    total, warmup = schedule_steps(cfg, steps_per_epoch)
+    return cosine_scheduler(optimizer, cfg, *schedule_steps(cfg, steps_per_epoch))
+
+
+def cosine_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int, warmup: int) -> CosineLRScheduler:
+    """timm's warmup + cosine over `total` updates (`warmup` of them warming up), counted from update 0."""
     for group in optimizer.param_groups:  # the schedule's base rate; lr_scale applies on top
         group["initial_lr"] = cfg.lr
     return CosineLRScheduler(

@@ -37,6 +37,7 @@ from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, StreamReport, rea
 from birdsed.errors import ConfigError, UserError
 from birdsed.export import ONNX_FILE, ONNX_INPUT, ONNX_OUTPUTS, export_onnx, window_samples
 from birdsed.models import SEDModel, create_model
+from birdsed.smoothing import smooth_windows
 from birdsed.training.amp import MixedPrecision, mixed_precision
 from birdsed.training.outputs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, WEIGHTS_KEY
 
@@ -379,6 +380,7 @@ class Predictor:
     event_threshold: float | None = None  # None: no events
     block_seconds: float = BLOCK_SECONDS
     session: object | None = None  # an onnxruntime.InferenceSession of model.onnx: the ONNX backend
+    smooth: int = 0  # each window's probabilities averaged with this many neighbours on each side
 
     @torch.inference_mode()
     def predict_windows(self, windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -427,7 +429,7 @@ class Predictor:
                 tracker.feed(framewise.reshape(-1, framewise.shape[2]), hold=framewise.shape[1])  # time order
         if report.samples == 0 or report.nonfinite == report.native_frames:
             raise AudioReadError("no audio samples" if report.samples == 0 else "every sample is non-finite")
-        probabilities = np.concatenate(clipwise)
+        probabilities = smooth_windows(np.concatenate(clipwise), self.smooth)
         ids = row_ids(file_id, len(probabilities), cfg.data.duration)
         _log_repairs(path, report, ids, cfg.data.duration)
         seconds = report.samples / cfg.data.sample_rate
@@ -476,9 +478,11 @@ def create_predictor(
     backend: str = "torch",
     threads: int | None = None,
     model_dir: Path | None = None,
+    smooth: int = 0,
 ) -> Predictor:
     """A predictor on `backend`: torch (eager, the loaded model) or onnx (onnxruntime on CPU, `model.onnx`
-    of `model_dir`). `threads`: CPU threads of either backend (None: the library's default, all cores)."""
+    of `model_dir`). `threads`: CPU threads of either backend (None: the library's default, all cores).
+    `smooth`: average each window with `smooth` neighbours on each side (birdsed.smoothing)."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     device = next(loaded.model.parameters()).device
@@ -488,9 +492,9 @@ def create_predictor(
         if amp:
             raise UserError("--amp applies to the torch backend; model.onnx runs in float32")
         session = open_onnx_session(model_dir, loaded, threads)
-        return Predictor(loaded, torch.device("cpu"), batch_size, None, event_threshold, session=session)
+        return Predictor(loaded, torch.device("cpu"), batch_size, None, event_threshold, session=session, smooth=smooth)
     precision = mixed_precision("auto", device) if amp else None
-    return Predictor(loaded, device, batch_size, precision, event_threshold)
+    return Predictor(loaded, device, batch_size, precision, event_threshold, smooth=smooth)
 
 
 def open_onnx_session(model_dir: Path | None, loaded: LoadedModel, threads: int | None) -> object:

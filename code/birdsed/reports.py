@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 EPOCH_SCALARS = ("train_loss", "val_loss", "val_cmap", "val_auc", "lr")
+# Curves of val_metrics.png; the soundscape ones only when the job scored soundscapes.
+VALIDATION_CURVES = ("val_cmap", "val_auc")
+SOUNDSCAPE_CURVES = ("val_soundscape_auc", "val_soundscape_cmap")
 PLOT_FILES = ("loss.png", "val_metrics.png", "per_class_ap.png", "class_distribution.png")
 
 
@@ -68,21 +71,24 @@ class Reporter:
     def log_epoch(self, record: dict) -> None:
         if self.writer is None:
             return
-        for name in EPOCH_SCALARS:
+        for name in (*EPOCH_SCALARS, *SOUNDSCAPE_CURVES):  # soundscape scores: only jobs that have them
             value = record.get(name)
             if value is not None and math.isfinite(value):
                 self.writer.add_scalar(name, value, global_step=record["epoch"])
         self.writer.flush()
 
-    def finish(self, history: list[dict], best: dict | None) -> None:
-        """Per-class AP of the best epoch to TensorBoard, all plots to PNG; closes the writer."""
+    def finish(self, history: list[dict], best: dict | None, references: dict[str, float] | None = None) -> None:
+        """Per-class AP of the best epoch to TensorBoard, all plots to PNG; closes the writer.
+
+        `references` (name -> value: chance levels, the baseline) are drawn as dashed lines on the
+        validation-metrics plot."""
         if self.writer is not None:
             for label, value in ap_by_label(self.labels, best).items():
                 if value is not None and math.isfinite(value):
                     self.writer.add_scalar(f"per_class_ap/{label}", value, global_step=best["epoch"])
             self.writer.close()
         try:
-            write_plots(self.output_data_dir, history, best, self.labels, self.train_counts)
+            write_plots(self.output_data_dir, history, best, self.labels, self.train_counts, references)
         except Exception as error:  # noqa: BLE001 - the model is already written; a plot must not fail the job
             logger.warning("Plots were not written: %s: %s", type(error).__name__, error)
 
@@ -95,13 +101,18 @@ def create_reporter(
 
 
 def write_plots(
-    output_data_dir: Path, history: list[dict], best: dict | None, labels: list[str], train_counts: list[int]
+    output_data_dir: Path,
+    history: list[dict],
+    best: dict | None,
+    labels: list[str],
+    train_counts: list[int],
+    references: dict[str, float] | None = None,
 ) -> list[Path]:
     """`loss.png`, `val_metrics.png`, `per_class_ap.png`, `class_distribution.png`."""
     ap = ap_by_label(labels, best)
     figures = {
         "loss.png": plot_curves(history, ("train_loss", "val_loss"), "loss"),
-        "val_metrics.png": plot_curves(history, ("val_cmap", "val_auc"), "validation score"),
+        "val_metrics.png": plot_curves(history, validation_curves(history), "validation score", references),
         "per_class_ap.png": plot_bars(
             list(ap), [_nan_if_missing(value) for value in ap.values()], "AP", _ap_title(ap, best)
         ),
@@ -117,14 +128,40 @@ def write_plots(
     return paths
 
 
-def plot_curves(history: list[dict], names: Sequence[str], ylabel: str) -> Figure:
-    """One line per metric over epochs (missing or NaN values leave gaps)."""
+def validation_curves(history: list[dict]) -> tuple[str, ...]:
+    scored = [name for name in SOUNDSCAPE_CURVES if any(name in record for record in history)]
+    return (*VALIDATION_CURVES, *scored)
+
+
+def round_starts(history: list[dict]) -> list[tuple[int, int]]:
+    """(epoch, round) of the first epoch of each pseudo-label round after round 0."""
+    starts, previous = [], 0
+    for record in history:
+        if record.get("round", 0) != previous:
+            previous = record["round"]
+            starts.append((record["epoch"], previous))
+    return starts
+
+
+def plot_curves(
+    history: list[dict], names: Sequence[str], ylabel: str, references: dict[str, float] | None = None
+) -> Figure:
+    """One line per metric over epochs (missing or NaN values leave gaps); pseudo-label rounds marked;
+    `references` as dashed lines, in the colour of the metric they name (e.g. "baseline val_auc" with val_auc)."""
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.add_subplot()
     epochs = [record["epoch"] for record in history]
+    colours = {}
     for name in names:
         values = [_nan_if_missing(record.get(name)) for record in history]
-        axes.plot(epochs, values, marker="o", label=name)
+        colours[name] = axes.plot(epochs, values, marker="o", label=name)[0].get_color()
+    for label, value in (references or {}).items():
+        colour = next((colour for name, colour in colours.items() if label.endswith(name)), "grey")
+        style = ":" if label.startswith("chance") else "--"
+        axes.axhline(value, color=colour, linestyle=style, linewidth=1, label=f"{label} {value:.3f}")
+    for epoch, number in round_starts(history):
+        axes.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+        axes.annotate(f"round {number}", (epoch - 0.5, 1), xycoords=("data", "axes fraction"), fontsize=8, va="top")
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(ylabel)

@@ -21,7 +21,7 @@ FAILURE_FILE = "failure"
 DEFAULT_MASTER_PORT = 29500
 # The input channels a job reads (any other channel is ignored): the launcher, the local runners and
 # the job all take the list from here.
-CHANNELS = ("train", "validation", "pretrained", "noise")
+CHANNELS = ("train", "validation", "pretrained", "noise", "soundscape_validation", "soundscapes")
 # huggingface_hub's defaults for the variables it honours (its `constants`, read there at import).
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 DEFAULT_HUB_TIMEOUT = 10.0

@@ -32,6 +32,8 @@ class JobOptions:
     validation: str | None = None
     pretrained: str | None = None
     noise: str | None = None
+    soundscape_validation: str | None = None
+    soundscapes: str | None = None
     instance: str = "ml.g5.xlarge"
     instance_count: int = 1
     nproc_per_node: int | None = None  # training processes per instance; default: one per GPU

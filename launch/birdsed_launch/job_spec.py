@@ -39,16 +39,23 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/data/tensorboard"
 
 # The one metric line per epoch (birdsed.training.run.format_metrics):
-#   epoch=N train_loss=X val_loss=X val_cmap=X val_auc=X lr=X
-# Each regex spells the whole line and captures one field, so no other log line can feed a metric.
-# A field that is not a number (nan when there is no validation data) is simply not recorded.
-METRIC_NAMES = ("epoch", "train_loss", "val_loss", "val_cmap", "val_auc", "lr")
+#   epoch=N train_loss=X val_loss=X val_cmap=X val_auc=X lr=X [val_soundscape_auc=X val_soundscape_cmap=X] [round=R]
+# Each regex spells the line from its start to the field it captures, so no other log line can feed a
+# metric. A field that is not a number (nan when there is no validation data) is simply not recorded.
+LINE_FIELDS = ("epoch", "train_loss", "val_loss", "val_cmap", "val_auc", "lr")
+SOUNDSCAPE_FIELDS = ("val_soundscape_auc", "val_soundscape_cmap")  # with a soundscape_validation channel
+METRIC_NAMES = (*LINE_FIELDS, *SOUNDSCAPE_FIELDS, "round")
 NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 ANY_VALUE = r"\S+"
 
 
 def metric_regex(name: str) -> str:
-    fields = [f"{field}={NUMBER if field == name else ANY_VALUE}" for field in METRIC_NAMES]
+    fields = [f"{field}={NUMBER if field == name else ANY_VALUE}" for field in LINE_FIELDS]
+    if name in SOUNDSCAPE_FIELDS:
+        fields += [f"{field}={NUMBER if field == name else ANY_VALUE}" for field in SOUNDSCAPE_FIELDS]
+    elif name == "round":
+        fields[-1] += r"(?: val_soundscape_auc=\S+ val_soundscape_cmap=\S+)?"
+        fields.append(f"round={NUMBER}")
     return r"\b" + " ".join(fields)
 
 

@@ -133,7 +133,8 @@ def parse_hyperparameters(items: list[str]) -> dict[str, str]:
 def add_job_options(parser: argparse.ArgumentParser) -> None:
     """`--train DIR` (required), `--<channel> DIR` for the other channels, `--hp KEY=VALUE` (repeatable)."""
     for name in CHANNELS:
-        parser.add_argument(f"--{name}", type=Path, required=name == "train", help=f"the {name} channel's folder")
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=Path, required=name == "train", help=f"the {name} channel's folder")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter")
 
 

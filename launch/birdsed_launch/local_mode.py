@@ -38,7 +38,7 @@ def resolve_channels(channels: dict[str, str]) -> dict[str, str]:
     """Local folders (checked, made absolute) and S3 URIs (downloaded by the SDK) by channel name."""
     resolved = {}
     for name, source in channels.items():
-        option = "--" + name
+        option = "--" + name.replace("_", "-")
         if source.startswith("s3://"):
             resolved[name] = parse_s3_uri(source, option).uri
             continue

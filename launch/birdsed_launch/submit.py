@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fetches them from the Hub itself",
     )
     data.add_argument("--noise", help="background noise recordings for augmentation")
+    data.add_argument(
+        "--soundscape-validation", help="labelled soundscapes: audio + soundscape_labels.csv (docs/soundscapes.md)"
+    )
+    data.add_argument(
+        "--soundscapes", help="unlabelled soundscapes for pseudo-label rounds (hyperparameter pseudo_rounds)"
+    )
     data.add_argument("--input-mode", metavar="File|FastFile", help="File copies the data first; FastFile streams")
 
     job = parser.add_argument_group("the job")

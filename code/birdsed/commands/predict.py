@@ -2,7 +2,7 @@
 
     python code/predict.py --model MODEL_DIR_OR_TAR_GZ --audio FILES_OR_DIRS... --out preds.csv
                            [--events events.csv [--events-format csv|raven]] [--backend torch|onnx]
-                           [--threads N] [--batch-size N] [--amp] [--device auto]
+                           [--threads N] [--batch-size N] [--amp] [--device auto] [--smooth K]
 
 Rows are `<file stem>_<end second>` with one probability column per label (labels.json order);
 recordings that share a stem get their path relative to the input folder instead of the stem.
@@ -49,11 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--smooth", type=int, default=0, metavar="K", help="average each window with K neighbours on each side"
+    )
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.smooth < 0:
+        parser.error("--smooth must be at least 0")
     if args.backend == "onnx" and (args.amp or args.device not in ("auto", "cpu")):
         parser.error("--backend onnx runs model.onnx in float32 on the CPU: leave out --amp and --device")
     if args.events_format == "raven" and args.events is None:
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold = args.event_threshold if args.events else None
             batch_size = args.batch_size or predict.default_batch_size(args.backend, device)
             predictor = predict.create_predictor(
-                loaded, batch_size, args.amp, threshold, args.backend, args.threads, model_dir
+                loaded, batch_size, args.amp, threshold, args.backend, args.threads, model_dir, args.smooth
             )
         with logging_redirect_tqdm():
             summary = predict.predict_to_csv(

@@ -151,7 +151,9 @@ def _warn_overlap(train_frame: pd.DataFrame, val_frame: pd.DataFrame) -> None:
 def _dataset(cfg: Config, frame: pd.DataFrame, labels: list[str], source: CropSource) -> CropDataset:
     recordings = metadata.make_recordings(frame, labels, cfg.data.secondary_weight)
     seconds = frame["seconds"].to_numpy() if len(frame) else np.zeros(0)
-    return CropDataset(recordings, seconds, cfg.data.sample_rate, cfg.data.duration, source)
+    return CropDataset(
+        recordings, seconds, cfg.data.sample_rate, cfg.data.duration, source, cfg.data.crop, cfg.data.crop_candidates
+    )
 
 
 def resolve_num_workers(requested: int, processes_per_node: int = 1) -> int:
@@ -194,9 +196,25 @@ def validation_loader(
     return DataLoader(data.validation, batch_size=cfg.optim.batch_size, sampler=sampler, **options)
 
 
+def epoch_crops(train_recordings: int, min_epoch_crops: int) -> int:
+    """Crops drawn per epoch: one per training recording, and at least `min_epoch_crops`.
+
+    Small datasets need it: at one crop per recording, 100 recordings and batch 32 make 3 optimizer steps
+    an epoch, 90 in a default job, far too few to train a network (docs/recipe.md). Large datasets are
+    unaffected (an epoch stays one pass, in expectation, over their recordings).
+    """
+    return max(train_recordings, min_epoch_crops)
+
+
 def make_sampler(data: TrainingData, cfg: Config, rank: int = 0, world_size: int = 1) -> WeightedEpochSampler:
+    crops = epoch_crops(len(data.train), cfg.data.min_epoch_crops)
+    if rank == 0 and crops > len(data.train):
+        logger.info(
+            "epoch_crops=%d: %d training recordings < min_epoch_crops=%d, so each is cropped about %.1f times an epoch",
+            crops, len(data.train), cfg.data.min_epoch_crops, crops / max(1, len(data.train)),
+        )  # fmt: skip
     return WeightedEpochSampler(
-        data.sampler_weights, num_samples=len(data.train), seed=cfg.run.seed, rank=rank, world_size=world_size
+        data.sampler_weights, num_samples=crops, seed=cfg.run.seed, rank=rank, world_size=world_size
     )
 
 

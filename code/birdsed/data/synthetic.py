@@ -228,3 +228,127 @@ def _write_recording(
         "url": "",
         "filename": filename,
     }
+
+
+# ---- soundscapes: long passive recordings with a domain shift from the focal clips ----
+
+SOUNDSCAPE_LABELS_FILE = "soundscape_labels.csv"
+
+
+def insect_chorus(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Cicada-like stridulation: a band of noise high in the spectrum, pulsing tens of times a second; unit RMS."""
+    spectrum = np.fft.rfft(rng.normal(size=length))
+    frequencies = np.fft.rfftfreq(length, 1 / sample_rate)
+    centre = min(rng.uniform(3500, 7000), 0.85 * sample_rate / 2)  # where trills, chirps and rattles sing too
+    spectrum[np.abs(frequencies - centre) > rng.uniform(300, 900)] = 0
+    band = np.fft.irfft(spectrum, n=length)
+    t = np.arange(length) / sample_rate
+    pulses = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(25, 70) * t)) ** 2
+    swells = 0.4 + 0.6 * (0.5 * (1 + np.sin(2 * np.pi * rng.uniform(0.02, 0.1) * t + rng.uniform(0, 6.3))))
+    chorus = band * pulses * swells
+    return chorus / (np.sqrt(np.mean(chorus**2)) + 1e-12)
+
+
+def rain(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Drops on leaves: short broadband clicks at random times, some loud; unit RMS."""
+    drops = np.zeros(length)
+    count = int(rng.uniform(15, 50) * length / sample_rate)
+    decay = np.exp(-np.arange(int(0.004 * sample_rate)) / (0.0008 * sample_rate))
+    for start in rng.integers(0, max(1, length - len(decay)), size=count):
+        drops[start : start + len(decay)] += rng.pareto(3.0) * rng.normal(size=len(decay)) * decay
+    return drops / (np.sqrt(np.mean(drops**2)) + 1e-12)
+
+
+def place_call_events(
+    track: np.ndarray,
+    species: str,
+    rng: np.random.Generator,
+    sample_rate: int,
+    level: tuple[float, float],
+    spacing: tuple[float, float],
+) -> list[tuple[float, float]]:
+    """Add bouts of `species` calls at random times; returns each call's (start, end) in seconds."""
+    pitch = rng.uniform(0.92, 1.08)
+    events = []
+    time = rng.uniform(0.0, spacing[1])
+    while time < len(track) / sample_rate:
+        for _ in range(int(rng.integers(1, 4))):
+            call = SPECIES[species](rng, sample_rate, pitch * rng.uniform(0.98, 1.02))
+            start = int(time * sample_rate)
+            if start >= len(track):
+                break
+            end = min(len(track), start + len(call))
+            track[start:end] += rng.uniform(*level) * call[: end - start]
+            events.append((start / sample_rate, end / sample_rate))
+            time += len(call) / sample_rate + rng.uniform(0.05, 0.3)
+        time += rng.uniform(*spacing)
+    return events
+
+
+def synthesize_soundscape(
+    rng: np.random.Generator,
+    labels: Sequence[str],
+    seconds: float,
+    sample_rate: int,
+    level: tuple[float, float] = (0.02, 0.07),
+) -> tuple[np.ndarray, dict[str, list[tuple[float, float]]]]:
+    """A passive recording unlike the focal clips: insects, rain, pink noise and wind, with quieter calls
+    of 2-4 species whose bouts overlap; returns the waveform and each species' calls (start, end)."""
+    length = int(seconds * sample_rate)
+    track = 0.03 * rng.uniform(0.5, 1.2) * pink_noise(rng, length)
+    track += 0.03 * rng.uniform(0.3, 1.2) * wind_rumble(rng, length, sample_rate)
+    track += 0.03 * rng.uniform(0.3, 1.0) * insect_chorus(rng, length, sample_rate)
+    if rng.random() < 0.5:
+        track += 0.02 * rng.uniform(0.3, 1.0) * rain(rng, length, sample_rate)
+    present = rng.choice(list(labels), size=min(len(labels), int(rng.integers(2, 5))), replace=False)
+    events = {str(label): place_call_events(track, label, rng, sample_rate, level, (4.0, 16.0)) for label in present}
+    peak = np.max(np.abs(track)) + 1e-9
+    return (track / peak * rng.uniform(0.3, 0.9)).astype(np.float32), events
+
+
+def window_labels(events: dict[str, list[tuple[float, float]]], start: float, end: float) -> list[str]:
+    """Species with a call overlapping [start, end) by more than 50 ms."""
+    return sorted(label for label, calls in events.items() if any(min(end, b) - max(start, a) > 0.05 for a, b in calls))
+
+
+def make_soundscapes(
+    root: Path,
+    species: int = 6,
+    files: int = 4,
+    seconds: float = 60.0,
+    labelled: bool = True,
+    window: float = 5.0,
+    sample_rate: int = 32000,
+    formats: Sequence[str] = (".ogg", ".flac"),
+    level: tuple[float, float] = (0.02, 0.07),
+    seed: int = 0,
+) -> Path:
+    """Write `files` soundscapes under `root` (in two site folders), and with `labelled` their
+    `soundscape_labels.csv` of consecutive `window`-second windows; returns `root`."""
+    if not 1 <= species <= len(SPECIES):
+        raise ValueError(f"species must be between 1 and {len(SPECIES)}")
+    rng = np.random.default_rng(seed)
+    labels = list(SPECIES)[:species]
+    rows = []
+    for number in range(files):
+        waveform, events = synthesize_soundscape(rng, labels, seconds, sample_rate, level)
+        name = f"site{number % 2}/SC{seed:04d}_{number:03d}{formats[number % len(formats)]}"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        container, subtype = FORMATS[formats[number % len(formats)]]
+        sf.write(root / name, waveform, sample_rate, format=container, subtype=subtype)
+        for index in range(int(np.ceil(seconds / window - 1e-9))):
+            start, end = index * window, min((index + 1) * window, seconds)
+            rows.append(
+                {
+                    "filename": name,
+                    "start": f"{start:g}",
+                    "end": f"{end:g}",
+                    "labels": " ".join(window_labels(events, start, end)),
+                }
+            )
+    if labelled:
+        with open(root / SOUNDSCAPE_LABELS_FILE, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["filename", "start", "end", "labels"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root

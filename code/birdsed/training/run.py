@@ -30,9 +30,9 @@ from birdsed.losses import create_loss
 from birdsed.models import create_model
 from birdsed.models.backbone import check_backbone_name
 from birdsed.models.weights import resolve_weights
-from birdsed.optim import create_optimizer, create_scheduler
+from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import checkpoint, distributed, finetune, outputs, resume_config
+from birdsed.training import checkpoint, distributed, finetune, outputs, resume_config, rounds, selection
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -60,8 +60,10 @@ class Job:
     truth: np.ndarray
     reporter: reports.Reporter | None  # TensorBoard and plots; only the process that writes outputs has one
     weights: str  # where the backbone's starting weights came from (PretrainedWeights.summary), recorded
+    reference: selection.ValidationReference  # chance levels, baseline, the metric that picks the best epoch
     # A resumed mid-epoch augmentation state, applied once after the epoch's reseed.
     resumed_augment_state: dict | None = None
+    soundscapes: rounds.Soundscapes | None = None  # the soundscape channels, when given
 
     @property
     def distributed(self) -> Distributed:
@@ -76,6 +78,10 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
         progress = resume(job)
         with StopRequest() as stop:
             train_epochs(job, progress, stop)
+            while rounds.next_round_due(job, progress):
+                rounds.start_next_round(job, progress, stop, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+                write_checkpoint(job, progress)
+                train_epochs(job, progress, stop)
         return finish(job, progress)
     finally:
         distributed.teardown()
@@ -85,6 +91,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     seed_everything(cfg.run.seed)
     # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
     check_backbone_name(cfg.model.backbone)
+    rounds.check_channels(cfg, env)
     # Once per job: the first process looks (and downloads), the others wait for its answer.
     weights = group.computed_once(
         lambda: resolve_weights(cfg.model, env.channel("pretrained"), env.hub, env.checkpoint_dir)
@@ -114,6 +121,8 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     pin_memory = group.device.type == "cuda"
     per_node = env.process.local_world_size
     val_sampler = ShardSampler(len(data.validation), group.rank, group.world_size)
+    truth = primary_truth(data.validation, data.labels)
+    soundscapes = rounds.build(cfg, env, group, data.labels)
     return Job(
         cfg=cfg,
         env=env,
@@ -122,10 +131,20 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
         sampler=sampler,
         train_loader=loaders.train_loader(data, cfg, sampler, pin_memory, per_node),
         val_loader=loaders.validation_loader(data, cfg, val_sampler, pin_memory, per_node),
-        truth=primary_truth(data.validation, data.labels),
+        truth=truth,
         reporter=create_reporter(env, data) if group.is_main else None,
         weights=weights.summary,
+        reference=validation_reference(cfg, data, truth, group, per_node),
+        soundscapes=soundscapes,
     )
+
+
+def validation_reference(
+    cfg: Config, data: loaders.TrainingData, truth: np.ndarray, group: Distributed, per_node: int
+) -> selection.ValidationReference:
+    """Computed by the first process (the baseline reads and fits crops), received by the others."""
+    workers = loaders.resolve_num_workers(cfg.data.num_workers, per_node)
+    return group.computed_once(lambda: selection.build_reference(cfg, data, truth, group.device, workers))
 
 
 def create_reporter(env: SageMakerEnv, data: loaders.TrainingData) -> reports.Reporter:
@@ -142,13 +161,14 @@ def seed_everything(seed: int) -> None:
 def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, group: Distributed) -> Trainer:
     precision = mixed_precision(cfg.run.amp, group.device)
     optimizer = create_optimizer(unwrap(model), cfg.optim)
-    batches = math.ceil(len(data.train) / (cfg.optim.batch_size * group.world_size))
+    crops = loaders.epoch_crops(len(data.train), cfg.data.min_epoch_crops)
+    batches = math.ceil(math.ceil(crops / group.world_size) / cfg.optim.batch_size)
     steps_per_epoch = math.ceil(batches / cfg.optim.grad_accum_steps)
     return Trainer(
         model=model,
         loss_fn=create_loss(cfg.loss, loaders.class_weight_tensor(data)).to(group.device),
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch),
+        scheduler=rounds.create_scheduler(optimizer, cfg, steps_per_epoch),
         scaler=precision.grad_scaler(),
         precision=precision,
         device=group.device,
@@ -173,7 +193,7 @@ def primary_truth(dataset: CropDataset, labels: list[str]) -> np.ndarray:
 def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
     """The epoch loop; on a stop request it checkpoints where it is and raises `TrainingStopped`."""
     trainer, cfg = job.trainer, job.cfg
-    for epoch in range(progress.epoch, cfg.optim.epochs):
+    for epoch in range(progress.epoch, rounds.end_epoch(cfg, progress.round)):
         if trainer.limit_reached(progress):
             break
         if epoch != progress.epoch:
@@ -186,12 +206,16 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
             job.resumed_augment_state = None
         stopped = train_one_epoch(trainer, job.train_loader, progress, stop)
         result = None if stopped else evaluate(trainer, job.val_loader, job.truth, stop)
+        result = None if result is None else rounds.score_epoch(job, result, stop)
         if result is None:
             stop_here(job, progress, stop)
         record = epoch_record(epoch, progress.epoch_loss, result, trainer.optimizer.param_groups[0]["lr"])
+        record["val_score_std"] = selection.score_spread(result["scores"])
+        record.update(rounds.epoch_fields(job, progress, result))
         # Kept in the history (so in every checkpoint): the best epoch's per-class AP survives a restart.
         record["per_class_ap"] = reports.per_class_ap(job.truth, result["scores"])
         metrics_logger.info(format_metrics(record))
+        job.reference.check_epoch(record)
         end_of_epoch(job, progress, record)
         if job.reporter:
             job.reporter.log_epoch(record)
@@ -210,18 +234,30 @@ def epoch_record(epoch: int, train_loss: float, result: dict, lr: float) -> dict
 
 
 def format_metrics(record: dict) -> str:
-    """The one stable log line per epoch that the launcher's metric regexes read."""
-    return (
+    """The one stable log line per epoch that the launcher's metric regexes read.
+
+    Soundscape metrics (with a soundscape_validation channel) and the round (with pseudo_rounds)
+    are appended after the fixed fields, so regexes written for the fixed fields still match.
+    """
+    line = (
         f"epoch={record['epoch']} train_loss={record['train_loss']:.6f} val_loss={record['val_loss']:.6f} "
         f"val_cmap={record['val_cmap']:.6f} val_auc={record['val_auc']:.6f} lr={record['lr']:.6e}"
     )
+    if "val_soundscape_auc" in record:
+        line += (
+            f" val_soundscape_auc={record['val_soundscape_auc']:.6f}"
+            f" val_soundscape_cmap={record['val_soundscape_cmap']:.6f}"
+        )
+    if "round" in record:
+        line += f" round={record['round']}"
+    return line
 
 
 def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     """Record the epoch, keep the best weights, write a checkpoint."""
     progress.history.append(record)
     progress.start_epoch(record["epoch"])
-    score = record["val_cmap"]
+    score = selection.selection_score(record, job.reference.metric)
     # Without validation data there is no "best": the latest weights are kept.
     improved = math.isnan(score) or score > progress.best_score
     if improved:
@@ -230,6 +266,12 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     if job.distributed.is_main:
         if improved:
             atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+        save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
+
+
+def write_checkpoint(job: Job, progress: Progress) -> None:
+    state = checkpoint_state(job, progress)  # collective
+    if job.distributed.is_main:
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
 
 
@@ -272,6 +314,7 @@ def checkpoint_state(job: Job, progress: Progress) -> dict:
         "rng": job.distributed.gather(rng_state()),  # one entry per process, in rank order
         "augment": job.distributed.gather(trainer.augment.state_dict()),
         "weights": job.weights,
+        "pseudo_labels": rounds.checkpoint_entry(job),
     }
 
 
@@ -325,6 +368,7 @@ def resume(job: Job) -> Progress:
         restore_rng_state(state["rng"][job.distributed.rank])
         if progress.batches_done:
             job.resumed_augment_state = state["augment"][job.distributed.rank]
+    rounds.resume(job, state, progress)
     logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
     return progress
 
@@ -346,7 +390,7 @@ def check_compatible(state: dict, job: Job) -> None:
 
 def finish(job: Job, progress: Progress) -> dict:
     """Write the best weights, labels and config to the model dir, and the metrics history."""
-    best = best_record(progress.history)
+    best = selection.best_record(rounds.round_history(progress.history, progress.round), job.reference.metric)
     if not job.distributed.is_main:
         return best or {}
     env = job.env
@@ -355,11 +399,23 @@ def finish(job: Job, progress: Progress) -> dict:
     outputs.write_model_dir(env.model_dir, weights, labels, job.cfg, job.weights)
     check = export.check_waveforms(job.data.validation, export.window_samples(job.cfg))  # validation crops
     exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg, check)
-    summary = {"per_class_ap": reports.ap_by_label(labels, best), "export": exported, "weights": job.weights}
+    warnings = job.reference.end_of_job_warnings(best)
+    summary = {
+        "per_class_ap": reports.ap_by_label(labels, best),
+        "export": exported,
+        "steps": progress.step,
+        "weights": job.weights,
+        **job.reference.summary(),
+        "warnings": warnings,
+    }
     outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
-    job.reporter.finish(progress.history, best)
+    job.reporter.finish(progress.history, best, job.reference.plot_lines())
     if best is not None:
-        logger.info("Model written to %s (best epoch=%d val_cmap=%.4f)", env.model_dir, best["epoch"], best["val_cmap"])
+        logger.info(
+            "Model written to %s (best epoch=%d by %s=%.4f: val_cmap=%.4f val_auc=%.4f)",
+            env.model_dir, best["epoch"], job.reference.metric, selection.selection_score(best, job.reference.metric),
+            best["val_cmap"], best["val_auc"],
+        )  # fmt: skip
     return best or {}
 
 
@@ -401,10 +457,3 @@ def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str 
         return f"the weights of another model ({len(set(weights) ^ set(expected))} parameter names differ)"
     wrong = [name for name, tensor in expected.items() if getattr(weights[name], "shape", None) != tensor.shape]
     return f"the weights of another model ({wrong[0]} has another shape)" if wrong else None
-
-
-def best_record(history: list[dict]) -> dict | None:
-    scored = [record for record in history if not math.isnan(record["val_cmap"])]
-    if scored:
-        return max(scored, key=lambda record: record["val_cmap"])
-    return history[-1] if history else None

@@ -1,0 +1,229 @@
+"""The model-quality benchmark: does the recipe learn real recordings, and does it beat a simple baseline?
+
+    python launch/quality_bench.py --data ../shared/data/real_birds --workdir /tmp/quality \
+        [--preset recipe] [--config NAME KEY=VALUE ...]... [--hp KEY=VALUE ...] [--train-windows 12]
+
+The dataset (BirdCLEF layout) is decoded once into a waveform cache (`code/prepare.py`'s, kept in
+`--workdir`, reused by later runs) and split 70/30 by recording: rows sorted by filename,
+`train_test_split(test_size=0.3, stratify=primary_label, random_state=20251126)`. Each named
+configuration trains through the real entrypoint (the sagemaker-training toolkit on a temporary
+/opt/ml, as `launch/local_job.py`) on the 70 %, with the job's own validation split inside it; then
+`birdsed.predict`'s windowed inference scores every recording (max over its 5 s windows) and macro
+ROC-AUC is taken over the 30 % (`heldout_auc`) and over the training recordings (`train_auc`, their
+first `--train-windows` windows). The log-mel-statistics + logistic-regression baseline (each mel
+band's mean and std over a whole recording, 64 mels) is fitted on the training recordings and scored
+on the held-out ones (`baseline_auc`). One line per configuration:
+
+    config=NAME heldout_auc=X heldout_top1=X train_auc=X train_heldout_gap=X baseline_auc=X
+        baseline_top1=X best_val_auc=X job_baseline_val_auc=X steps=N minutes=X cpu_minutes=X
+
+`minutes` is the job's wall time, `cpu_minutes` the CPU time of the job and its workers (on a shared
+machine the wall time depends on the load; the CPU time much less). See docs/recipe.md for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from birdsed import predict, quality
+from birdsed.data import cache, metadata
+from birdsed.errors import DataError
+from birdsed.export import window_samples
+from birdsed_launch import local_job
+
+SAMPLE_RATE = 32000
+# Item 2 of issue 18: what a user sets to train from scratch; everything else is the job's default.
+RECIPE_EPOCHS = 10
+PRESETS = {
+    "recipe": {
+        "b0": {"backbone": "efficientnet_b0", "pretrained": "false"},
+        "b0_augment_off": {"backbone": "efficientnet_b0", "pretrained": "false", "augment": "off"},
+        "mnv3": {"backbone": "mobilenetv3_large_100", "pretrained": "false"},
+        "mnv3_augment_off": {"backbone": "mobilenetv3_large_100", "pretrained": "false", "augment": "off"},
+    },
+}
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    labels: list[str]
+    cache_root: Path
+    channel: Path  # the train channel: a view of the cache with the training rows only
+    train_waveforms: list[np.ndarray] = field(default_factory=list)
+    heldout_waveforms: list[np.ndarray] = field(default_factory=list)
+
+    def truth(self, rows: pd.DataFrame) -> np.ndarray:
+        return quality.primary_truth(list(rows["primary_label"]), self.labels)
+
+
+def prepare_split(data: Path, workdir: Path, sample_rate: int) -> Split:
+    """Decode once into `workdir/cache-<rate>` (resumed when present), split, and write the train channel."""
+    cache_root = workdir / f"cache-{sample_rate}"
+    if not (cache.is_cache(cache_root) and cache.read_index(cache_root).complete):
+        print(f"Decoding {data} into {cache_root} (once) ...", flush=True)
+        cache.prepare_cache(data, cache_root, sample_rate, workers=2, progress=False)
+    index = cache.read_index(cache_root)
+    frame = pd.read_csv(data / metadata.METADATA_FILE, dtype=str, keep_default_na=False)
+    unreadable = ~frame["filename"].isin(list(index.files))
+    if unreadable.any():
+        print(
+            f"warning: {int(unreadable.sum())} unreadable recording(s) left out: {list(frame['filename'][unreadable])}"
+        )
+    train, heldout = quality.split_recordings(frame[~unreadable])
+    split = Split(
+        train=train,
+        heldout=heldout,
+        labels=sorted(frame["primary_label"].unique()),
+        cache_root=cache_root,
+        channel=quality.write_cache_view(cache_root, train, workdir / "train_channel"),
+    )
+    split.train_waveforms = [quality.load_waveform(cache_root, name) for name in train["filename"]]
+    split.heldout_waveforms = [quality.load_waveform(cache_root, name) for name in heldout["filename"]]
+    return split
+
+
+def baseline(split: Split, sample_rate: int) -> dict[str, float]:
+    scores = quality.baseline_scores(
+        split.train_waveforms,
+        [split.labels.index(label) for label in split.train["primary_label"]],
+        split.heldout_waveforms,
+        len(split.labels),
+        sample_rate,
+    )
+    truth = split.truth(split.heldout)
+    return {"baseline_auc": quality.auc(truth, scores), "baseline_top1": quality.top1_accuracy(truth, scores)}
+
+
+def train(name: str, hyperparameters: dict[str, str], split: Split, workdir: Path) -> dict[str, object]:
+    """One job through the toolkit on `workdir/jobs/<name>`; its wall time, CPU time and outputs."""
+    base = workdir / "jobs" / name
+    if base.exists():
+        shutil.rmtree(base)
+    local_job.layout(base, {"train": split.channel}, hyperparameters)
+    log = base.parent / f"{name}.log"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with open(log, "w", encoding="utf-8") as handle:
+        completed = local_job.run_toolkit(base, stdout=handle, stderr=subprocess.STDOUT)
+    minutes = (time.monotonic() - started) / 60
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_minutes = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60
+    if completed.returncode != 0:
+        failure = base / "output" / "failure"
+        reason = failure.read_text(encoding="utf-8")[:500] if failure.exists() else f"see {log}"
+        raise SystemExit(f"error: config {name} failed (exit {completed.returncode}): {reason}")
+    metrics = json.loads((base / "output" / "data" / "metrics.json").read_text(encoding="utf-8"))
+    return {"base": base, "minutes": minutes, "cpu_minutes": cpu_minutes, "metrics": metrics}
+
+
+def evaluate(job: dict[str, object], split: Split, train_windows: int) -> dict[str, float]:
+    """Held-out and training AUC of a finished job's model, per recording (max over windows)."""
+    loaded = predict.load_model(Path(job["base"]) / "model", torch.device("cpu"))
+    if loaded.labels != split.labels:
+        raise SystemExit(f"error: the model's labels differ from the dataset's: {loaded.labels}")
+    predictor = predict.create_predictor(loaded, batch_size=32, amp=False)
+    window = window_samples(loaded.cfg)
+    heldout = quality.model_scores(predictor, split.heldout_waveforms, window)
+    training = quality.model_scores(predictor, split.train_waveforms, window, max_windows=train_windows)
+    heldout_truth, train_truth = split.truth(split.heldout), split.truth(split.train)
+    return {
+        "heldout_auc": quality.auc(heldout_truth, heldout),
+        "heldout_top1": quality.top1_accuracy(heldout_truth, heldout),
+        "train_auc": quality.auc(train_truth, training),
+    }
+
+
+def summary_line(name: str, job: dict[str, object], scores: dict[str, float], reference: dict[str, float]) -> str:
+    metrics = job["metrics"]
+    best = metrics.get("best") or {}
+    values = {
+        "config": name,
+        **scores,
+        "train_heldout_gap": scores["train_auc"] - scores["heldout_auc"],
+        **reference,
+        "best_val_auc": best.get("val_auc"),
+        "job_baseline_val_auc": (metrics.get("baseline") or {}).get("val_auc"),
+        "steps": metrics.get("steps"),
+        "minutes": job["minutes"],
+        "cpu_minutes": job["cpu_minutes"],
+    }
+    return " ".join(f"{key}={format_value(value)}" for key, value in values.items())
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return "nan" if value is None else str(value)
+
+
+def parse_configs(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Named configurations: a preset's and `--config NAME KEY=VALUE ...`'s; `--hp` fills in what they leave."""
+    configs: dict[str, dict[str, str]] = {}
+    for name, hyperparameters in PRESETS.get(args.preset, {}).items():
+        configs[name] = {**hyperparameters, "epochs": str(args.epochs)}
+    for name, *items in args.config or []:
+        configs[name] = local_job.parse_hyperparameters(items)
+    common = local_job.parse_hyperparameters(args.hp)
+    return {name: {**common, **hyperparameters} for name, hyperparameters in configs.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="BirdCLEF-style dataset (e.g. real_birds)")
+    parser.add_argument("--workdir", type=Path, required=True, help="cache, channel, jobs and logs go here")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="named set of configurations")
+    parser.add_argument("--epochs", type=int, default=RECIPE_EPOCHS, help="epochs of the preset's configurations")
+    parser.add_argument(
+        "--config", nargs="+", action="append", metavar="NAME [KEY=VALUE]", help="a named configuration (repeatable)"
+    )
+    parser.add_argument(
+        "--hp", action="append", default=[], metavar="KEY=VALUE", help="for every configuration that does not set KEY"
+    )
+    parser.add_argument(
+        "--train-windows", type=int, default=12, help="windows per training recording for train_auc (0: all)"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the benchmark's own baseline fit")
+    args = parser.parse_args(argv)
+    if not args.preset and not args.config:
+        parser.error("name at least one configuration (--preset or --config)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configs = parse_configs(args)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        split = prepare_split(args.data, args.workdir, SAMPLE_RATE)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    sizes = f"train_recordings={len(split.train)} heldout_recordings={len(split.heldout)} classes={len(split.labels)}"
+    print(f"split {sizes}", flush=True)
+    reference = {} if args.no_baseline else baseline(split, SAMPLE_RATE)
+    if reference:
+        print(" ".join(f"{key}={value:.4f}" for key, value in reference.items()), flush=True)
+    for name, hyperparameters in configs.items():
+        print(f"training config={name} {' '.join(f'{k}={v}' for k, v in hyperparameters.items())}", flush=True)
+        job = train(name, hyperparameters, split, args.workdir)
+        print(summary_line(name, job, evaluate(job, split, args.train_windows), reference), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Does pseudo-labelling help on soundscapes unlike the focal clips? A reproducible experiment; key=value lines.
+
+    python launch/soundscape_experiment.py [--workdir DIR] [--seeds 0 1 2] [--backbone NAME] [--epochs 15] ...
+
+Generates (seeded) a focal dataset and three sets of synthetic soundscapes with a domain shift from it
+(quieter calls, several species at once, insect chorus, rain, stronger noise): `dev` (labelled: the
+jobs' soundscape_validation channel, which picks each round's best epoch), `unlabelled` (the soundscapes
+channel) and `test` (labelled, held out: seen by no job). Then it trains, with the real toolkit on this
+machine (launch/local_job.py), the same job three ways:
+
+- `rounds0`: pseudo_rounds=0;
+- `rounds0_long`: pseudo_rounds=0 with as many epochs as the rounds job trains in all (a control: more
+  training alone);
+- `rounds2`: pseudo_rounds=2,
+
+and scores each model on the held-out soundscape windows with the job's own window scoring (macro
+ROC-AUC over the classes present, BirdCLEF 2024/25; padded cmAP). See docs/soundscapes.md for figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from birdsed import predict
+from birdsed.config import TINY_HYPERPARAMETERS
+from birdsed.data.soundscapes import labelled_windows
+from birdsed.data.synthetic import make_dataset, make_soundscapes
+from birdsed.training.distributed import Distributed
+from birdsed.training.soundscape_validation import evaluate_soundscapes, load
+from birdsed_launch import local_job
+from birdsed_launch.local_job import REPO_ROOT
+
+SPECIES = 6
+ROUND_LINE = re.compile(r"^round=\d+ pseudo_windows=\d+ kept=\d+ mean_confidence=\S+$", re.MULTILINE)
+
+
+def make_data(workdir: Path, seed: int, soundscape_rate: int) -> dict[str, Path]:
+    """The focal dataset and the three soundscape sets (generated once per workdir and seed)."""
+    data = workdir / f"data-seed{seed}"
+    sets = {
+        "train": lambda path: make_dataset(path, species=SPECIES, recordings_per_species=12, seed=seed),
+        "dev": lambda path: make_soundscapes(
+            path, SPECIES, files=8, seconds=60, sample_rate=soundscape_rate, seed=1000 + seed
+        ),
+        "unlabelled": lambda path: make_soundscapes(
+            path, SPECIES, files=32, seconds=60, sample_rate=soundscape_rate, labelled=False, seed=2000 + seed
+        ),
+        "test": lambda path: make_soundscapes(
+            path, SPECIES, files=16, seconds=60, sample_rate=soundscape_rate, seed=3000 + seed
+        ),
+    }
+    for name, make in sets.items():
+        done = data / f".{name}.done"
+        if not done.exists():
+            print(f"# generating {name} in {data / name}", file=sys.stderr, flush=True)
+            make(data / name)
+            done.touch()
+    return {name: data / name for name in sets}
+
+
+def train(base: Path, channels: dict[str, Path], hyperparameters: dict[str, object]) -> tuple[Path, str, float]:
+    """One job with the real toolkit; returns its model dir, its log and its minutes."""
+    local_job.layout(base, channels, hyperparameters)
+    started = time.monotonic()
+    completed = local_job.run_toolkit(base, capture_output=True, text=True)
+    (base / "job.log").write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        raise SystemExit(f"error: the job in {base} failed; see {base / 'job.log'}")
+    return base / "model", completed.stdout, (time.monotonic() - started) / 60
+
+
+def score(model_dir: Path, test_dir: Path) -> dict[str, float]:
+    """Window ROC-AUC and padded cmAP of a trained model on held-out labelled soundscapes."""
+    loaded = predict.load_model(model_dir, torch.device("cpu"))
+    cfg = loaded.cfg
+    one = Distributed(0, 0, 1, torch.device("cpu"))
+    windows = load(labelled_windows(test_dir, loaded.labels, cfg.data.sample_rate, 0.0), cfg, one)
+    return evaluate_soundscapes(windows, loaded.model, loaded, None, torch.device("cpu"), one, lambda: False)
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """The three jobs on one seed's data; prints their figures, returns their held-out window AUCs."""
+    data = make_data(args.workdir, seed, soundscape_rate=32000)
+    common = {
+        **TINY_HYPERPARAMETERS,
+        "backbone": args.backbone,
+        "sample_rate": args.sample_rate,
+        "fmax": min(14000, args.sample_rate // 2),
+        "epochs": args.epochs,
+        "seed": seed,
+        "val_fraction": 0.2,
+        "select_metric": "val_soundscape_auc",
+        **local_job.parse_hyperparameters(args.hp),
+    }
+    rounds = {"pseudo_rounds": 2, "pseudo_epochs": args.pseudo_epochs}
+    jobs = {
+        "rounds0": ({}, {}),
+        "rounds0_long": ({"epochs": args.epochs + 2 * args.pseudo_epochs}, {}),
+        "rounds2": (rounds, {"soundscapes": data["unlabelled"]}),
+    }
+    aucs = {}
+    for name, (extra, channels) in jobs.items():
+        if args.only and name not in args.only:
+            continue
+        base = args.workdir / f"seed{seed}" / name
+        channels = {"train": data["train"], "soundscape_validation": data["dev"], **channels}
+        model_dir, log, minutes = train(base, channels, {**common, **extra})
+        scores = score(model_dir, data["test"])
+        prefix = f"seed{seed}_{name}"
+        for line in ROUND_LINE.findall(log):
+            print(f"{prefix}_{line.replace(' ', f' {prefix}_')}", flush=True)
+        best = json.loads((base / "output" / "data" / "metrics.json").read_text())["best"]
+        print(f"{prefix}_dev_val_soundscape_auc={best['val_soundscape_auc']:.4f}", flush=True)
+        print(f"{prefix}_minutes={minutes:.1f}", flush=True)
+        print(f"{prefix}_window_cmap={scores['val_soundscape_cmap']:.4f}", flush=True)
+        print(f"{prefix}_window_auc={scores['val_soundscape_auc']:.4f}", flush=True)
+        aucs[name] = scores["val_soundscape_auc"]
+    return aucs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "soundscape_experiment")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
+    parser.add_argument("--backbone", default="test_efficientnet")
+    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pseudo-epochs", type=int, default=8)
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="more hyperparameters")
+    parser.add_argument("--only", choices=("rounds0", "rounds0_long", "rounds2"), action="append")
+    args = parser.parse_args(argv)
+
+    print(f"backbone={args.backbone}\nsample_rate={args.sample_rate}", flush=True)
+    print(f"epochs={args.epochs}\npseudo_epochs={args.pseudo_epochs}", flush=True)
+    results: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name, auc in run_seed(args, seed).items():
+            results.setdefault(name, []).append(auc)
+    for name, values in results.items():
+        print(f"mean_window_auc_{name}={sum(values) / len(values):.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
