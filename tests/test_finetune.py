@@ -23,8 +23,9 @@ from birdsed.training.checkpoint import list_checkpoints
 from birdsed.training.distributed import Distributed
 from birdsed.training.loop import Progress, Trainer, finish_step, forward_backward
 from birdsed.training.signals import NeverStop
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
-from hub_server import serve_weights, timm_weights
+from hub_server import COMMIT, serve_weights, timm_weights
 from tiny_data import write_wav_dataset
 
 CLASSES = 2
@@ -137,12 +138,14 @@ def test_an_older_checkpoints_optimizer_state_is_migrated_parameter_by_parameter
         resume_config.load_optimizer_state(other.optimizer, other.scheduler, old, other.model, cfg.optim, step=2)
 
 
-# ---- through the real toolkit: kill -9 in the first unfrozen epoch, restart, the same weights ----
+# ---- end to end: the Hub's tensors, the head alone, unfrozen; kill -9 in the first unfrozen epoch, restart ----
 
+REPO = "timm/test_efficientnet.r160_in1k"  # timm's Hub repository of test_efficientnet's default weights
 FINETUNE_JOB = {
     **FAST_HYPERPARAMETERS,
     "epochs": 2,
     "batch_size": 2,
+    "pretrained": "true",
     "freeze_backbone_epochs": 1,
     "backbone_lr_scale": 0.5,
     "val_fraction": 0.25,
@@ -152,60 +155,63 @@ FINETUNE_JOB = {
 STEPS_PER_EPOCH = 3  # 6 training recordings in batches of 2
 
 
-def run_job(base: Path, data: Path, env: dict[str, str], *prefix: str, **overrides) -> subprocess.CompletedProcess:
-    (base / "input" / "data").mkdir(parents=True, exist_ok=True)
-    if not (base / "input" / "data" / "train").exists():
-        (base / "input" / "data" / "train").symlink_to(data)
-    arguments = [f"--{key}={value}" for key, value in {**FINETUNE_JOB, **overrides}.items()]
+def run_killed_job(base: Path, data: Path, env: dict[str, str], *prefix: str) -> subprocess.CompletedProcess:
+    """`code/train.py` (or the fault runner) on a SageMaker tree at `base`, as the toolkit would run it."""
+    local_job.layout(base, {"train": data}, FINETUNE_JOB)
+    arguments = [f"--{key}={value}" for key, value in FINETUNE_JOB.items()]
     full_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), **env}
     full_env.pop("SM_HPS", None)
     command = [sys.executable, *(prefix or [str(REPO_ROOT / "code" / "train.py")]), *arguments]
     return subprocess.run(command, env=full_env, capture_output=True, text=True, check=False, timeout=600)
 
 
-def newest(base: Path) -> dict:
-    return torch.load(list_checkpoints(base / "checkpoints")[-1], weights_only=True)
+def checkpoints(base: Path) -> list[dict]:
+    return [torch.load(path, weights_only=True) for path in list_checkpoints(base / "checkpoints")]
+
+
+def backbone_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name.removeprefix("backbone."): t for name, t in state.items() if name.startswith("backbone.")}
 
 
 @pytest.mark.slow
-def test_kill_9_in_the_first_unfrozen_epoch_then_restart_gives_the_uninterrupted_weights(tmp_path):
+def test_a_job_starts_from_the_hubs_tensors_fine_tunes_and_resumes_exactly_across_the_unfreeze(tmp_path):
     data = write_wav_dataset(tmp_path / "data")
-    with serve_weights("timm/test_efficientnet.r160_in1k", timm_weights("test_efficientnet")) as hub:
+    served = timm_weights("test_efficientnet", seed=5)
+    summary = f"hub:{REPO}@{COMMIT}"
+    with serve_weights(REPO, served) as hub:
         env = {"HF_ENDPOINT": hub.url}
-        uninterrupted = run_job(tmp_path / "uninterrupted", data, env, pretrained="auto")
-        assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
-        assert "backbone frozen: the head trains alone" in uninterrupted.stdout
-        assert "epoch=2: backbone unfrozen" in uninterrupted.stdout
+        # Through the real toolkit, uninterrupted.
+        base = tmp_path / "uninterrupted"
+        local_job.layout(base, {"train": data}, FINETUNE_JOB)
+        reference = local_job.run_toolkit(base, env, capture_output=True, text=True)
+        assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+        assert next(line for line in reference.stdout.splitlines() if "weights=" in line).endswith(f"weights={summary}")
+        assert "epoch=1: backbone frozen: the head trains alone" in reference.stdout
+        assert "epoch=2: backbone unfrozen" in reference.stdout
 
-        base = tmp_path / "killed"
+        killed_base = tmp_path / "killed"
         runner = str(Path(__file__).with_name("fault_runner.py"))
-        killed = run_job(base, data, env, runner, "--kill-after-step", str(STEPS_PER_EPOCH + 1), pretrained="auto")
+        killed = run_killed_job(killed_base, data, env, runner, "--kill-after-step", str(STEPS_PER_EPOCH + 1))
         assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
-        assert newest(base)["progress"]["epoch"] == 1  # the frozen epoch's checkpoint
-        restarted = run_job(base, data, env, pretrained="auto")
+        assert checkpoints(killed_base)[-1]["progress"]["epoch"] == 1  # the frozen epoch's checkpoint
+        restarted = run_killed_job(killed_base, data, env)
         assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
-        assert "Resumed at epoch=2 batch=0" in restarted.stdout  # the model is built unfrozen: nothing to switch
-        assert len(hub.downloads()) == 2  # once per job (the restart uses the kept copy)
-    mine, reference = newest(base), newest(tmp_path / "uninterrupted")
-    assert mine["progress"]["step"] == reference["progress"]["step"] == 2 * STEPS_PER_EPOCH
-    for name, tensor in reference["model"].items():
-        torch.testing.assert_close(mine["model"][name], tensor, atol=1e-5, rtol=0, msg=name)
-    assert mine["weights"] == reference["weights"] == f"hub:timm/test_efficientnet.r160_in1k@{hub.commit}"
+        assert "Resumed at epoch=2 batch=0" in restarted.stdout
+        assert len(hub.downloads()) == 2  # once per job: the restart uses the copy kept in the checkpoint dir
 
-    # The same run from a checkpoint of birdsed 0.1.0 (two optimizer groups, a LambdaLR state): it resumes.
-    old = tmp_path / "old"
-    (old / "checkpoints").mkdir(parents=True)
-    first = torch.load(list_checkpoints(tmp_path / "uninterrupted" / "checkpoints")[0], weights_only=True)
-    model = create_model(small_config(**FINETUNE_JOB), CLASSES)
-    model.load_state_dict(first["model"])
-    optimizer = create_optimizer(model, small_config(**FINETUNE_JOB).optim)
-    optimizer.load_state_dict(first["optimizer"])
-    first["optimizer"] = two_group_state(optimizer, model)
-    first["scheduler"] = {"base_lrs": [3e-3, 3e-3], "last_epoch": STEPS_PER_EPOCH, "lr_lambdas": [None, None]}
-    del first["weights"]
-    torch.save(first, old / "checkpoints" / list_checkpoints(tmp_path / "uninterrupted" / "checkpoints")[0].name)
-    resumed = run_job(old, data, {"HF_ENDPOINT": "http://127.0.0.1:9"}, pretrained="false")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "optimizer state of an older birdsed migrated" in resumed.stdout
-    history = json.loads((old / "output" / "data" / "metrics.json").read_text())["history"]
-    assert [record["epoch"] for record in history] == [1, 2]
+    # The frozen epoch left the backbone exactly as served (batch-norm statistics too); the head learnt.
+    frozen, unfrozen = checkpoints(base)
+    for name, tensor in backbone_of(frozen["model"]).items():
+        torch.testing.assert_close(tensor, served[name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(frozen["model"]["backbone.conv_stem.weight"], unfrozen["model"]["backbone.conv_stem.weight"])
+    config = json.loads((base / "model" / "config.json").read_text())
+    metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    assert config["weights"] == metrics["weights"] == frozen["weights"] == summary
+    assert (base / "checkpoints" / "hub-weights" / REPO / COMMIT / "model.safetensors").is_file()
+
+    # Killed one update into the unfrozen epoch and restarted: the uninterrupted run's weights.
+    mine = checkpoints(killed_base)[-1]
+    assert mine["progress"]["step"] == unfrozen["progress"]["step"] == 2 * STEPS_PER_EPOCH
+    for name, tensor in unfrozen["model"].items():
+        torch.testing.assert_close(mine["model"][name], tensor, atol=1e-5, rtol=0, msg=name)
+    assert mine["weights"] == summary

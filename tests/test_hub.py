@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -14,8 +15,10 @@ from birdsed.config import from_hyperparameters
 from birdsed.errors import DataError
 from birdsed.models.weights import HUB_WEIGHTS_DIR, RANDOM, resolve_weights
 from birdsed.sm_env import HubSettings, hub_settings
+from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS
 from hub_server import COMMIT, SilentHub, StandInHub, refusing_endpoint, serve_weights, timm_weights
+from tiny_data import write_wav_dataset
 
 REPO = "timm/test_efficientnet.r160_in1k"  # timm's Hub repository of test_efficientnet's default weights
 AUTO = from_hyperparameters({**FAST_HYPERPARAMETERS, "pretrained": "auto"}).model
@@ -143,3 +146,31 @@ def test_a_hub_serving_junk_is_no_source_and_its_file_is_not_kept(tmp_path, capl
         assert not (tmp_path / "checkpoints" / HUB_WEIGHTS_DIR / REPO / COMMIT).exists()
         with pytest.raises(DataError, match="served a file that is not usable weights"):
             resolve_weights(TRUE, None, settings(server.url, tmp_path), tmp_path / "checkpoints")
+
+
+# ---- through the real toolkit: a Hub that never answers ----
+
+
+@pytest.mark.slow
+def test_a_job_against_a_silent_hub_falls_back_to_random_and_pretrained_true_fails_in_one_line(tmp_path):
+    data = write_wav_dataset(tmp_path / "data")
+    with SilentHub() as silent:
+        env = {"HF_ENDPOINT": silent.url, "HF_HUB_ETAG_TIMEOUT": "1"}  # 3 tries of 1 s: the 25 s budget is unit-tested
+        jobs = {}
+        for policy in ("auto", "true"):
+            base = tmp_path / policy
+            local_job.layout(base, {"train": data}, {**FAST_HYPERPARAMETERS, "epochs": 1, "pretrained": policy})
+            jobs[policy] = local_job.run_toolkit(base, env, capture_output=True, text=True)
+    auto = jobs["auto"]
+    assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]
+    log = auto.stdout + auto.stderr
+    assert "weights=random" in log and "did not answer within 25 s (3 tries; last: ReadTimeout" in log
+    assert "RANDOM initialisation" in log and "--pretrained hub" in log
+    assert json.loads((tmp_path / "auto" / "output" / "data" / "metrics.json").read_text())["weights"] == "random"
+    assert json.loads((tmp_path / "auto" / "model" / "config.json").read_text())["weights"] == "random"
+
+    assert jobs["true"].returncode != 0
+    failure = (tmp_path / "true" / "output" / "failure").read_text().strip()
+    assert failure.startswith("pretrained=true but no weights were found for backbone 'test_efficientnet'")
+    assert "\n" not in failure and "did not answer" in failure
+    assert not (tmp_path / "true" / "model" / "model.pt").exists()

@@ -106,7 +106,7 @@ def test_a_dry_run_names_the_weights_and_uploads_nothing(account, run, served):
 
 
 def test_network_isolation_without_weights_is_explained(account, run):
-    code, out, err = run([*JOB, "--network-isolation", "--dry-run", "--image-uri", account.image])
+    code, _, err = run([*JOB, "--network-isolation", "--dry-run", "--image-uri", account.image])
     assert code == 0, err
     assert "--network-isolation without --pretrained" in err and "RANDOM weights" in err
     assert "--pretrained hub" in err
