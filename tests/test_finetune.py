@@ -215,3 +215,8 @@ def test_a_job_starts_from_the_hubs_tensors_fine_tunes_and_resumes_exactly_acros
     for name, tensor in unfrozen["model"].items():
         torch.testing.assert_close(mine["model"][name], tensor, atol=1e-5, rtol=0, msg=name)
     assert mine["weights"] == summary
+
+
+def test_freezing_for_every_epoch_is_refused():
+    with pytest.raises(ConfigError, match=r"'freeze_backbone_epochs' \(3\) must be less than epochs \(3\)"):
+        small_config(freeze_backbone_epochs=3)

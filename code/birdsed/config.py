@@ -368,6 +368,11 @@ def _check_consistency(config: Config) -> None:
             "Hyperparameter 'freeze_backbone_epochs' has no effect with freeze_backbone=true, which keeps the "
             "backbone frozen for the whole run; set one of them."
         )
+    if config.optim.freeze_backbone_epochs >= config.optim.epochs:
+        raise ConfigError(
+            f"Hyperparameter 'freeze_backbone_epochs' ({config.optim.freeze_backbone_epochs}) must be less than "
+            f"epochs ({config.optim.epochs}): otherwise the backbone never trains (that is freeze_backbone=true)."
+        )
     _check_augment(config)
 
 
