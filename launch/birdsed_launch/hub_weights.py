@@ -35,8 +35,8 @@ def wanted(options: JobOptions) -> bool:
     return (options.pretrained or "").strip().lower() == HUB
 
 
-def s3_channels(options: JobOptions) -> dict[str, str]:
-    """The channels that are S3 URIs already (all of them, unless `--pretrained hub` is still to be staged)."""
+def given_channels(options: JobOptions) -> dict[str, str]:
+    """The channels given as an S3 URI or a folder: all of them but `--pretrained hub`, which is still to be fetched."""
     return {name: uri for name, uri in options.channels().items() if not (name == "pretrained" and wanted(options))}
 
 

@@ -168,7 +168,7 @@ def check_offline(options: JobOptions) -> None:
     if not options.role:
         raise checks.UsageError(f"no execution role: pass --role ARN, set {ROLE_ENV}, or put 'role' in --config")
     checks.check_role_arn(options.role)
-    for name, uri in hub_weights.s3_channels(options).items():
+    for name, uri in hub_weights.given_channels(options).items():
         checks.parse_s3_uri(uri, job_options.flag(name))
     for name in ("output_path", "checkpoint_s3_uri", "tensorboard_s3_uri"):
         if getattr(options, name):
@@ -199,7 +199,7 @@ def check_account(options: JobOptions, session: boto3.Session, image_uri: str) -
     """Read-only checks against the account: the image, the output bucket, the data."""
     checks.check_image(session, image_uri)
     checks.check_bucket(session, checks.parse_s3_uri(options.output_path, "--output-path"), "--output-path")
-    for name, uri in hub_weights.s3_channels(options).items():
+    for name, uri in hub_weights.given_channels(options).items():
         checks.check_channel_has_data(session, checks.parse_s3_uri(uri, job_options.flag(name)), job_options.flag(name))
     checkpoints = checks.parse_s3_uri(options.checkpoint_s3_uri, "--checkpoint-s3-uri")
     if checks.count_objects(session, checkpoints, "--checkpoint-s3-uri"):
@@ -304,14 +304,15 @@ def run_local(
     options: JobOptions, make_session: Callable[[], boto3.Session], environ: Mapping[str, str] | None = None
 ) -> int:
     """SDK local mode: the image on this machine's Docker; prints the path of model.tar.gz."""
-    if hub_weights.wanted(options):
-        environ = os.environ if environ is None else environ
-        options = hub_weights.stage_locally(options, sm_env.hub_settings(environ), environ)
-    options = dataclasses.replace(options, **local_mode.resolve_channels(options.channels()))
+    # Every channel but `--pretrained hub` (still to be fetched) is a folder or S3 URI to check now.
+    options = dataclasses.replace(options, **local_mode.resolve_channels(hub_weights.given_channels(options)))
     output_dir = local_mode.local_path(options.output_path or local_mode.DEFAULT_OUTPUT, "--output-path")
     image_uri = options.image_uri or f"birdsed:{job_options.project_version()}"
     local_mode.check_docker()
     local_mode.check_local_image(image_uri)
+    if hub_weights.wanted(options):  # after the checks: the download is the slow part
+        environ = os.environ if environ is None else environ
+        options = hub_weights.stage_locally(options, sm_env.hub_settings(environ), environ)
     instance_type = "local_gpu" if local_mode.gpu_available() else "local"
     logger.info("Local mode: %s as %s; results in %s", image_uri, instance_type, output_dir)
 
