@@ -172,6 +172,7 @@ def test_pretrained_hub_is_fetched_into_a_local_folder_and_mounted(
 
     monkeypatch.setenv("FAKE_DOCKER_NO_RUN", "1")  # only the compose file matters here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # not a copy left by another test
     repo = "timm/test_efficientnet.r160_in1k"
     argv = ["--local", "--image-uri", IMAGE, "--train", str(synthetic_dataset), "--output-path", str(tmp_path / "out")]
     with serve_weights(repo, timm_weights("test_efficientnet")) as hub:
