@@ -31,8 +31,9 @@ def served():
 
 
 @pytest.fixture
-def account(aws, served, monkeypatch):
+def account(aws, served, monkeypatch, tmp_path):
     """An account with the image and a dataset, but no default bucket yet; the launcher sees the stand-in Hub."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # this test's downloads only
     aws.put_objects(DATA_BUCKET, ["birdclef/train_metadata.csv"])
     aws.put_objects("birds-out", [])
     aws.image = aws.push_image("birdsed", job_options.project_version())
