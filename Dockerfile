@@ -49,10 +49,13 @@ RUN --mount=type=bind,source=requirements.txt,target=/build/requirements.txt \
         --requirements /build/requirements.txt --constraints /build/constraints.txt --find-links /build/wheels \
     && python -c 'import torch, torchaudio, sagemaker_training, soxr, onnx, onnxruntime, onnxscript; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)'
 
+# HF_HUB_DISABLE_TELEMETRY: huggingface_hub otherwise fetches a registry from the Hub before its first request
+# (a 3 s wait when the Hub does not answer); the job asks the Hub only for the backbone's weights (docs/pretrained.md).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    SAGEMAKER_PROGRAM=train.py
+    SAGEMAKER_PROGRAM=train.py \
+    HF_HUB_DISABLE_TELEMETRY=1
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/entrypoint.sh
 COPY code/ /opt/ml/code/

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,24 @@ REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 # Tiny models, no DataLoader workers: seconds per job on a CPU. No ONNX export (15-30 s per job here):
 # test_use_model.py and test_onnx.py export it.
 FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0, "export_onnx": False}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_hugging_face_hub(tmp_path_factory):
+    """Jobs started by tests never reach the internet nor this machine's Hugging Face cache or token.
+
+    A job that looks for pretrained weights without a stand-in Hub (tests/hub_server.py) finds a closed
+    port (refused at once) and an empty cache; tests of the Hub point HF_ENDPOINT at their own server.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_ENDPOINT", closed)
+        patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+        patch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # as in the image: only the weights are asked for
+        for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME"):
+            patch.delenv(name, raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")

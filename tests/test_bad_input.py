@@ -73,7 +73,8 @@ def run_job(base: Path, channels: dict[str, Path], **hyperparameters) -> int:
     for name, source in channels.items():
         (base / "input" / "data" / name).symlink_to(source)
     argv = [f"--{key}={value}" for key, value in {**QUICK_JOB, **hyperparameters}.items()]
-    return train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, argv)
+    # In-process: the job reads this mapping, not os.environ; no Hugging Face Hub is asked.
+    return train_command.main({"SAGEMAKER_BASE_DIR": str(base), "HF_HUB_OFFLINE": "1"}, argv)
 
 
 def failure(base: Path) -> str:
@@ -154,6 +155,7 @@ def dataset_variants(tmp_path: Path) -> dict[str, Path]:
     return variants
 
 
+AUTO = {"pretrained": "auto"}  # QUICK_JOB looks for no weights
 FATAL = [
     ({}, {}, "The required 'train' channel is missing"),
     ({"train": "no_csv"}, {}, "train_metadata.csv is missing"),
@@ -165,10 +167,10 @@ FATAL = [
     ({"train": "good"}, {"epochs": "many"}, "Hyperparameter 'epochs' must be an integer; got 'many'"),
     ({"train": "good"}, {"val_fraction": "2"}, "Hyperparameter 'val_fraction' must be at most 0.9"),
     ({"train": "good"}, {"backbone": "efficientnet_b42"}, "Unknown backbone 'efficientnet_b42'"),
-    ({"train": "good"}, {"pretrained": "true"}, "pretrained=true but no weights file"),
+    ({"train": "good"}, {"pretrained": "true"}, "pretrained=true but no weights were found for backbone"),
     ({"train": "good", "validation": "unknown_labels"}, {}, "primary label(s) that training does not: zzz9"),
-    ({"train": "good", "pretrained": "html_weights"}, {}, "model.safetensors is not a safetensors file"),
-    ({"train": "good", "pretrained": "empty_weights"}, {}, "pytorch_model.bin is empty (0 bytes); expected the timm"),
+    ({"train": "good", "pretrained": "html_weights"}, AUTO, "model.safetensors is not a safetensors file"),
+    ({"train": "good", "pretrained": "empty_weights"}, AUTO, "pytorch_model.bin is empty (0 bytes); expected the timm"),
     ({"train": "good"}, {"nproc_per_node": 64}, "nproc_per_node=64 but this host has"),
 ]
 

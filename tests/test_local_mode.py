@@ -90,7 +90,7 @@ def test_local_job_failure_is_one_line_with_the_jobs_reason(docker, synthetic_da
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "model.safetensors").write_text("<html>404 Not Found</html>")
-    code, _out, err = run(capsys, [*argv, "--pretrained", str(weights), *hp_flags()])
+    code, _out, err = run(capsys, [*argv, "--pretrained", str(weights), *hp_flags(pretrained="auto")])
     assert code == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: local training failed:") and "is not a safetensors file" in last, err[-2000:]
@@ -163,3 +163,24 @@ def test_soundscape_channels_are_mounted_in_local_mode(docker, synthetic_dataset
     assert f"{unlabelled}:/opt/ml/input/data/soundscapes" in service["volumes"]
     code, _out, err = run(capsys, [*argv[:7], "--soundscapes", str(tmp_path / "none")])
     assert code == 2 and f"--soundscapes {tmp_path / 'none'}: no such folder" in err
+
+
+def test_pretrained_hub_is_fetched_into_a_local_folder_and_mounted(
+    docker, synthetic_dataset, tmp_path, capsys, monkeypatch
+):
+    from hub_server import COMMIT, serve_weights, timm_weights
+
+    monkeypatch.setenv("FAKE_DOCKER_NO_RUN", "1")  # only the compose file matters here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # not a copy left by another test
+    repo = "timm/test_efficientnet.r160_in1k"
+    argv = ["--local", "--image-uri", IMAGE, "--train", str(synthetic_dataset), "--output-path", str(tmp_path / "out")]
+    with serve_weights(repo, timm_weights("test_efficientnet")) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        code, _out, err = run(capsys, [*argv, "--pretrained", "hub", *hp_flags(pretrained="true")])
+        assert code == 0, err[-3000:]
+        assert len(hub.downloads()) == 1
+    folder = tmp_path / "cache" / "birdsed" / "weights" / repo / COMMIT
+    assert (folder / "model.safetensors").is_file()
+    (service,) = yaml.safe_load((docker / "docker-compose.yaml").read_text())["services"].values()
+    assert f"{folder}:/opt/ml/input/data/pretrained" in service["volumes"]

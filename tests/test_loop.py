@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from timm.scheduler import CosineLRScheduler
 
 from birdsed.errors import DivergenceError
 from birdsed.training.amp import mixed_precision
@@ -18,7 +19,7 @@ def tiny_trainer(patience=3):
         model=model,
         loss_fn=torch.nn.Identity(),
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        scheduler=CosineLRScheduler(optimizer, t_initial=100, t_in_epochs=False),
         scaler=precision.grad_scaler(),
         precision=precision,
         device=torch.device("cpu"),

@@ -6,8 +6,10 @@ from safetensors.torch import save_file
 from birdsed.config import from_hyperparameters
 from birdsed.errors import ConfigError, DataError
 from birdsed.models import create_model
-from birdsed.models.backbone import create_backbone, find_pretrained_weights, resolve_weights
+from birdsed.models.backbone import create_backbone, find_pretrained_weights
 from birdsed.models.heads import AttentionSEDHead, ChronoNetHead
+from birdsed.models.weights import RANDOM, resolve_weights
+from birdsed.sm_env import HubSettings
 
 SMALL = {
     "backbone": "test_efficientnet",
@@ -60,22 +62,30 @@ def test_unknown_backbone_is_a_config_error_naming_it():
         create_model(from_hyperparameters({**SMALL, "backbone": "efficientnet_b99"}), num_classes=2)
 
 
+OFFLINE = HubSettings(offline=True, cache_dir=None)
+
+
 def test_pretrained_weights_load_from_the_channel(tmp_path):
     source = timm.create_model("test_efficientnet", num_classes=1000)
     save_file(source.state_dict(), tmp_path / "model.safetensors")
     cfg = from_hyperparameters({**SMALL, "pretrained": "true"})
-    weights = resolve_weights(cfg.model, tmp_path)
-    assert weights == tmp_path / "model.safetensors"
-    backbone = create_backbone(cfg.model, weights)
+    weights = resolve_weights(cfg.model, tmp_path, OFFLINE, tmp_path / "checkpoints")
+    assert weights.path == tmp_path / "model.safetensors" and weights.summary == "channel:model.safetensors"
+    backbone = create_backbone(cfg.model, weights.path)
     torch.testing.assert_close(backbone.conv_stem.weight, source.conv_stem.weight)
 
 
 def test_pretrained_true_without_weights_fails_and_auto_warns(tmp_path, caplog):
-    with pytest.raises(DataError, match="pretrained=true but no weights file"):
-        resolve_weights(from_hyperparameters({**SMALL, "pretrained": "true"}).model, tmp_path)
-    assert resolve_weights(from_hyperparameters(SMALL).model, None) is None
-    assert "random initialisation" in caplog.text
-    assert resolve_weights(from_hyperparameters({**SMALL, "pretrained": "false"}).model, tmp_path) is None
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(DataError, match="pretrained=true but no weights were found for backbone 'test_efficientnet'"):
+        resolve_weights(from_hyperparameters({**SMALL, "pretrained": "true"}).model, tmp_path, OFFLINE, checkpoints)
+    auto = from_hyperparameters({**SMALL, "pretrained": "auto"}).model
+    assert resolve_weights(auto, None, OFFLINE, checkpoints) == RANDOM
+    assert "RANDOM initialisation" in caplog.text and "HF_HUB_OFFLINE is set" in caplog.text
+    assert (
+        resolve_weights(from_hyperparameters({**SMALL, "pretrained": "false"}).model, tmp_path, OFFLINE, checkpoints)
+        == RANDOM
+    )
 
 
 def test_several_weight_files_pick_the_one_named_after_the_backbone(tmp_path):

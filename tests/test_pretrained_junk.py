@@ -9,11 +9,17 @@ from safetensors.torch import save_file
 
 from birdsed.config import from_hyperparameters
 from birdsed.errors import DataError
-from birdsed.models.backbone import create_backbone, resolve_weights
+from birdsed.models import weights as pretrained
+from birdsed.models.backbone import create_backbone
+from birdsed.sm_env import HubSettings
 from conftest import FAST_HYPERPARAMETERS
 
 CFG = from_hyperparameters({**FAST_HYPERPARAMETERS, "pretrained": "true"}).model
 EXPECTED = "expected the timm weights of 'test_efficientnet': the model.safetensors of the Hugging Face repo timm/"
+
+
+def resolve_weights(cfg, channel):
+    return pretrained.resolve_weights(cfg, channel, HubSettings(offline=True), channel / "checkpoints").path
 
 
 class Payload:

@@ -25,7 +25,7 @@ from birdsed.data.synthetic import make_soundscapes, window_labels
 from birdsed.errors import ConfigError, DataError
 from birdsed.metrics import padded_cmap
 from birdsed.models import create_model
-from birdsed.optim import create_scheduler as focal_scheduler
+from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
 from birdsed.smoothing import smooth_windows
 from birdsed.training import outputs, pseudo, rounds, selection
@@ -414,22 +414,40 @@ def test_channels_the_hyperparameters_need_are_checked_first(tmp_path):
     rounds.check_channels(from_hyperparameters({}), env)
 
 
+def learning_rates(cfg, steps_per_epoch: int, updates: int) -> list[float]:
+    """The head's rate at each update under the job's scheduler (timm's, set per update)."""
+    model = create_model(cfg, 2)
+    optimizer = create_optimizer(model, cfg.optim)
+    scheduler = rounds.create_scheduler(optimizer, cfg, steps_per_epoch)
+    rates = []
+    for step in range(updates):
+        scheduler.step_update(step)
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
 def test_the_learning_rate_schedule_restarts_every_round():
-    base = {"epochs": 4, "warmup_epochs": 1, "min_lr_ratio": 0.0}
-    cfg = from_hyperparameters({**base, "pseudo_rounds": 2, "pseudo_epochs": 2})
+    base = {**FAST_HYPERPARAMETERS, "epochs": 4, "warmup_epochs": 1, "min_lr_ratio": 0.0, "lr": 1.0}
+    cfg = from_hyperparameters({**base, "pseudo_rounds": 2, "pseudo_epochs": 2, "backbone_lr_scale": 0.5})
     steps = 10
-    multipliers = [rounds.lr_multiplier(step, cfg, steps) for step in range(80)]
-    plain = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    focal = focal_scheduler(plain, from_hyperparameters(base).optim, steps)
-    expected = []
-    for _ in range(40):
-        expected.append(plain.param_groups[0]["lr"])
-        plain.step()
-        focal.step()
-    assert multipliers[:40] == pytest.approx(expected)  # round 0: the focal schedule
-    assert multipliers[40] == multipliers[60] == pytest.approx(0.1)  # each round warms up again
-    assert multipliers[49] == pytest.approx(1.0) and multipliers[59] < 0.03
+    rates = learning_rates(cfg, steps, 80)
+    assert rates[:40] == pytest.approx(learning_rates(from_hyperparameters(base), steps, 40))  # round 0: focal
+    assert rates[0] == rates[40] == rates[60] == pytest.approx(0.1)  # each round warms up again (timm: lr / warmup)
+    assert rates[50] == pytest.approx(1.0) and rates[59] < 0.03 and rates[79] < 0.03
     assert rounds.end_epoch(cfg, 0) == 4 and rounds.end_epoch(cfg, 2) == 8
+    assert rounds.create_scheduler(create_optimizer(create_model(cfg, 2), cfg.optim), cfg, steps).state_dict() == {}
+
+
+def test_the_backbone_follows_each_rounds_schedule_at_its_scale():
+    cfg = from_hyperparameters(
+        {**FAST_HYPERPARAMETERS, "epochs": 2, "pseudo_rounds": 1, "pseudo_epochs": 1, "backbone_lr_scale": 0.25}
+    )
+    optimizer = create_optimizer(create_model(cfg, 2), cfg.optim)
+    scheduler = rounds.create_scheduler(optimizer, cfg, 4)
+    for step in (0, 5, 8, 11):
+        scheduler.step_update(step)
+        head, backbone = optimizer.param_groups[1]["lr"], optimizer.param_groups[3]["lr"]
+        assert backbone == pytest.approx(0.25 * head)
 
 
 # ---- smoothing at prediction time ----

@@ -96,7 +96,7 @@ def test_validation_channel_replaces_the_split_and_chrononet_trains(tmp_path, sy
         ({"train": "DATA"}, {"epochs": "ten"}, "Hyperparameter 'epochs' must be an integer; got 'ten'."),
         ({"train": "DATA"}, {"learning_rate": "0.1"}, "Unknown hyperparameter 'learning_rate'."),
         ({"train": "DATA"}, {"backbone": "resnet9000"}, "Unknown backbone 'resnet9000'"),
-        ({"train": "DATA"}, {"pretrained": "true"}, "pretrained=true but no weights file"),
+        ({"train": "DATA"}, {"pretrained": "true"}, "pretrained=true but no weights were found for backbone"),
         ({}, {}, "The required 'train' channel is missing"),
     ],
 )

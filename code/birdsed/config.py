@@ -43,8 +43,9 @@ class ModelConfig:
     pretrained: Literal["auto", "true", "false"] = field(
         default="auto",
         metadata=_doc(
-            "`auto`: backbone weights from the `pretrained` channel if it holds a file, else random init with"
-            " a warning; `true`: fail without weights; `false`: random init, never look."
+            "Backbone weights: `auto` = the `pretrained` channel, else the Hugging Face Hub, else random (with a "
+            "warning); `true` = the same but fail when neither has them; `false` = random, never looks "
+            "(docs/pretrained.md)."
         ),
     )
     freeze_backbone: bool = field(
@@ -223,6 +224,29 @@ class OptimConfig:
             help=(
                 "Consecutive optimizer steps with a non-finite loss or gradient (each skipped) before the job "
                 "stops with a reason and no model."
+            ),
+        ),
+    )
+    freeze_backbone_epochs: int = field(
+        default=0,
+        metadata=_range(
+            0,
+            100000,
+            help=(
+                "Train the head alone (backbone frozen, batch-norm statistics included) for the first N epochs, "
+                "then the whole model."
+            ),
+        ),
+    )
+    backbone_lr_scale: float = field(
+        default=1.0,
+        metadata=_range(
+            0.0,
+            100.0,
+            low_open=True,
+            help=(
+                "The backbone's learning rate as a multiple of the head's (e.g. 0.1 to change pretrained "
+                "weights more gently); both follow the same warmup and cosine schedule."
             ),
         ),
     )
@@ -503,9 +527,11 @@ def _section_fields() -> dict[str, tuple[str, dataclasses.Field, object]]:
 HYPERPARAMETERS = _section_fields()
 
 # A job small enough to train in seconds on a CPU, with real structure (a tiny timm EfficientNet at
-# 16 kHz): the tests, the smoke checks and the memory profile use it.
+# 16 kHz): the tests, the smoke checks and the memory profile use it. It looks for no pretrained weights
+# (no download, no network): tests of the pretrained policy set `pretrained` themselves.
 TINY_HYPERPARAMETERS = {
     "backbone": "test_efficientnet",
+    "pretrained": "false",
     "sample_rate": 16000,
     "fmax": 8000,
     "n_mels": 48,
@@ -622,6 +648,16 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             f"Hyperparameter 'duration' ({config.data.duration:g} s) is shorter than one FFT window "
             f"(n_fft={config.features.n_fft} samples at {config.data.sample_rate} Hz)."
+        )
+    if config.model.freeze_backbone and config.optim.freeze_backbone_epochs:
+        raise ConfigError(
+            "Hyperparameter 'freeze_backbone_epochs' has no effect with freeze_backbone=true, which keeps the "
+            "backbone frozen for the whole run; set one of them."
+        )
+    if config.optim.freeze_backbone_epochs >= config.optim.epochs:
+        raise ConfigError(
+            f"Hyperparameter 'freeze_backbone_epochs' ({config.optim.freeze_backbone_epochs}) must be less than "
+            f"epochs ({config.optim.epochs}): otherwise the backbone never trains (that is freeze_backbone=true)."
         )
     _check_augment(config)
 

@@ -70,7 +70,8 @@ closest known one as a suggestion, and a malformed or out-of-range value fails w
   written (`1e-3`, `0.001`; an integer may be written `40.0`), booleans as `true`/`false`, `1`/`0`, `yes`/`no`
   or `on`/`off`, choices in any case. `config.json` in the model archive records every value used, by section.
 - **Rules between values**: `fmax` at most `sample_rate / 2`; `fmin` below `fmax`; `hop_length` at most
-  `n_fft`; `duration` x `sample_rate` at least `n_fft`; `freq_mask_max_bins` at most `n_mels`; and the low end
+  `n_fft`; `duration` x `sample_rate` at least `n_fft`; `freq_mask_max_bins` at most `n_mels`;
+  `freeze_backbone_epochs` below `epochs`, and not with `freeze_backbone=true`; and the low end
   of each augmentation range at most its high end:
 {ordered}.
 """

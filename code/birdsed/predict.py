@@ -40,7 +40,7 @@ from birdsed.export import ONNX_FILE, ONNX_INPUT, ONNX_OUTPUTS, export_onnx, win
 from birdsed.models import SEDModel, create_model
 from birdsed.smoothing import smooth_windows
 from birdsed.training.amp import MixedPrecision, mixed_precision
-from birdsed.training.outputs import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from birdsed.training.outputs import CONFIG_FILE, LABELS_FILE, MODEL_FILE, WEIGHTS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def _read_json(path: Path) -> object:
 
 def config_from_json(sections: object, path: Path) -> Config:
     """`Config.to_dict()` (by section) back to a validated Config; never looks up pretrained weights."""
+    if isinstance(sections, dict):  # where the training started from is a record, not a setting
+        sections = {name: section for name, section in sections.items() if name != WEIGHTS_KEY}
     if not isinstance(sections, dict) or not all(isinstance(section, dict) for section in sections.values()):
         raise ModelDirError(f"{path}: expected the training config, by section")
     flat = {name: value for section in sections.values() for name, value in section.items()}

@@ -22,6 +22,9 @@ DEFAULT_MASTER_PORT = 29500
 # The input channels a job reads (any other channel is ignored): the launcher, the local runners and
 # the job all take the list from here.
 CHANNELS = ("train", "validation", "pretrained", "noise", "soundscape_validation", "soundscapes")
+# huggingface_hub's defaults for the variables it honours (its `constants`, read there at import).
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+DEFAULT_HUB_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,20 @@ class ProcessGroupEnv:
     local_world_size: int = 1  # training processes on this host
     under_torchrun: bool = False  # torchrun (ours or the SDK's) started this process
     master_port: int = DEFAULT_MASTER_PORT
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """The Hugging Face Hub as huggingface_hub's own variables describe it (HF_ENDPOINT, HF_HUB_OFFLINE, ...).
+
+    Read here, from the mapping given, so that code and tests pass them explicitly; HF_TOKEN is left
+    to huggingface_hub, which reads it itself for every request (and never logs it).
+    """
+
+    endpoint: str = DEFAULT_HUB_ENDPOINT
+    offline: bool = False
+    timeout: float = DEFAULT_HUB_TIMEOUT  # seconds per metadata request (HF_HUB_ETAG_TIMEOUT)
+    cache_dir: Path | None = None  # huggingface_hub's cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class SageMakerEnv:
     num_gpus: int = 0
     network_interface: str | None = None  # e.g. eth0: the interface between the job's hosts
     process: ProcessGroupEnv = field(default_factory=ProcessGroupEnv)
+    hub: HubSettings = field(default_factory=HubSettings)
 
     def channel(self, name: str) -> Path | None:
         """The directory of an input channel, or None when the job has no such channel."""
@@ -88,6 +106,22 @@ def from_environ(environ: Mapping[str, str], argv: Sequence[str] = ()) -> SageMa
         num_gpus=int(environ.get("SM_NUM_GPUS", "0") or 0),
         network_interface=environ.get("SM_NETWORK_INTERFACE_NAME") or None,
         process=_process_group(environ),
+        hub=hub_settings(environ),
+    )
+
+
+def hub_settings(environ: Mapping[str, str]) -> HubSettings:
+    """huggingface_hub's settings from `environ`, with its defaults and its rules for the cache folder."""
+    try:
+        timeout = float(environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_HUB_TIMEOUT)
+    except ValueError:
+        timeout = DEFAULT_HUB_TIMEOUT
+    home = environ.get("HF_HOME") or str(Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    return HubSettings(
+        endpoint=(environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT).rstrip("/"),
+        offline=str(environ.get("HF_HUB_OFFLINE", "")).strip().upper() in {"1", "ON", "YES", "TRUE"},
+        timeout=timeout if timeout > 0 else DEFAULT_HUB_TIMEOUT,
+        cache_dir=Path(environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser(),
     )
 
 

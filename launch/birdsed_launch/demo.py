@@ -22,7 +22,10 @@ from birdsed_launch import local_job
 from birdsed_launch.local_job import REPO_ROOT
 
 DEMO_HYPERPARAMETERS = {
-    "backbone": "efficientnet_b0",  # an EfficientNet small enough for a CPU; no download (random init)
+    "backbone": "efficientnet_b0",  # an EfficientNet small enough for a CPU
+    # The demo downloads nothing: no pretrained weights from the Hugging Face Hub (a real job's default,
+    # pretrained=auto, would fetch them); the backbone starts from random weights.
+    "pretrained": "false",
     "epochs": 30,
     "batch_size": 16,
     "lr": 2e-3,
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if base.exists():
         shutil.rmtree(base)  # a fresh job each time: no resume from an earlier demo
     local_job.layout(base, channels, {**DEMO_HYPERPARAMETERS, "epochs": args.epochs})
+    print(
+        "The demo uses pretrained=false: it downloads no weights and trains efficientnet_b0 from random "
+        "initialisation (real jobs start from the Hugging Face Hub's ImageNet weights; see docs/pretrained.md).",
+        flush=True,
+    )
     started = time.monotonic()
     completed = local_job.run_toolkit(base)
     minutes = (time.monotonic() - started) / 60

@@ -237,6 +237,15 @@ def backbone(hyperparameters: Mapping[str, str]) -> str:
     return training_config.from_hyperparameters(hyperparameters).model.backbone
 
 
+def pretrained_policy(hyperparameters: Mapping[str, str]) -> str:
+    """The job's `pretrained` hyperparameter: auto, true or false."""
+    return training_config.from_hyperparameters(hyperparameters).model.pretrained
+
+
+def replace_pretrained(options: JobOptions, source: str) -> JobOptions:
+    return dataclasses.replace(options, pretrained=source)
+
+
 def project_version() -> str:
     """The image tag the build scripts push: `birdsed.__version__`."""
     return birdsed.__version__

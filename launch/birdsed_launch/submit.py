@@ -3,6 +3,7 @@
     python launch/submit.py --train s3://BUCKET/birdclef/ --role arn:aws:iam::123456789012:role/SageMakerRole
     python launch/submit.py --instance ml.g5.2xlarge --hp epochs=40 --hp backbone=tf_efficientnetv2_s.in21k ...
     python launch/submit.py --dry-run ...     # print the CreateTrainingJob request as JSON; create nothing
+    python launch/submit.py --pretrained hub --network-isolation ...  # stage the backbone's Hub weights in S3
     python launch/submit.py --local --train ./data --output-path file:///tmp/out --hp epochs=1
 
 Everything is checked before anything is created: the instance type, S3 URIs, the role ARN, the
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from birdsed_launch import checks, cli, job_options, local_mode
+from birdsed import sm_env
+from birdsed_launch import checks, cli, hub_weights, job_options, local_mode
 from birdsed_launch.job_options import ROLE_ENV, JobOptions
 
 if TYPE_CHECKING:
@@ -63,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data channels (S3 URIs; local folders with --local)")
     data.add_argument("--train", help="dataset (train_metadata.csv + train_audio/) or a prepared cache; required")
     data.add_argument("--validation", help="validation dataset, same layout (replaces the automatic split)")
-    data.add_argument("--pretrained", help="backbone weights (.safetensors/.pth/.pt/.bin)")
+    data.add_argument(
+        "--pretrained",
+        help="backbone weights (.safetensors/.pth/.pt/.bin), or 'hub': the Hugging Face Hub's weights of the backbone, "
+        "uploaded once to s3://<default bucket>/birdsed/weights/ (for --network-isolation). Without it a job "
+        "fetches them from the Hub itself",
+    )
     data.add_argument("--noise", help="background noise recordings for augmentation")
     data.add_argument(
         "--soundscape-validation", help="labelled soundscapes: audio + soundscape_labels.csv (docs/soundscapes.md)"
@@ -150,6 +157,7 @@ def check_offline(options: JobOptions) -> None:
     checks.check_hyperparameter_sizes(options.hyperparameters)
     checks.check_run_limits(options.max_run, options.instance_count)
     checks.check_backbone(job_options.backbone(options.hyperparameters))
+    hub_weights.check_weights_source(options)
     if options.max_wait is not None and options.max_wait < options.max_run:
         raise checks.UsageError(f"--max-wait ({options.max_wait} s) must be at least --max-run ({options.max_run} s)")
     if options.local:
@@ -160,7 +168,7 @@ def check_offline(options: JobOptions) -> None:
     if not options.role:
         raise checks.UsageError(f"no execution role: pass --role ARN, set {ROLE_ENV}, or put 'role' in --config")
     checks.check_role_arn(options.role)
-    for name, uri in options.channels().items():
+    for name, uri in hub_weights.given_channels(options).items():
         checks.parse_s3_uri(uri, job_options.flag(name))
     for name in ("output_path", "checkpoint_s3_uri", "tensorboard_s3_uri"):
         if getattr(options, name):
@@ -191,7 +199,7 @@ def check_account(options: JobOptions, session: boto3.Session, image_uri: str) -
     """Read-only checks against the account: the image, the output bucket, the data."""
     checks.check_image(session, image_uri)
     checks.check_bucket(session, checks.parse_s3_uri(options.output_path, "--output-path"), "--output-path")
-    for name, uri in options.channels().items():
+    for name, uri in hub_weights.given_channels(options).items():
         checks.check_channel_has_data(session, checks.parse_s3_uri(uri, job_options.flag(name)), job_options.flag(name))
     checkpoints = checks.parse_s3_uri(options.checkpoint_s3_uri, "--checkpoint-s3-uri")
     if checks.count_objects(session, checkpoints, "--checkpoint-s3-uri"):
@@ -201,8 +209,11 @@ def check_account(options: JobOptions, session: boto3.Session, image_uri: str) -
         )
 
 
-def submit(options: JobOptions, session: boto3.Session) -> int:
-    """Check against the account, then create the job (or print its request); returns the exit code."""
+def submit(options: JobOptions, session: boto3.Session, hub: sm_env.HubSettings | None = None) -> int:
+    """Check against the account, then create the job (or print its request); returns the exit code.
+
+    `hub`: the Hugging Face Hub for `--pretrained hub` (huggingface_hub's variables of this machine).
+    """
     region = checks.check_region(session)
     options = complete(options, region)
     if not options.dry_run:
@@ -212,6 +223,8 @@ def submit(options: JobOptions, session: boto3.Session) -> int:
     image_uri = options.image_uri or default_image_uri(session, region)
     if not options.dry_run:
         check_account(options, session, image_uri)
+    if hub_weights.wanted(options):  # after every check: the upload is the first thing created
+        options = hub_weights.stage_in_s3(options, session, region, hub or sm_env.HubSettings(), not options.dry_run)
     trainer = make_trainer(options, image_uri, session)
     if options.dry_run:
         print(json.dumps(load_job_spec().create_training_job_request(trainer), indent=2))
@@ -287,13 +300,19 @@ def wait_for(job: TrainingJob) -> None:
         ) from None
 
 
-def run_local(options: JobOptions, make_session: Callable[[], boto3.Session]) -> int:
+def run_local(
+    options: JobOptions, make_session: Callable[[], boto3.Session], environ: Mapping[str, str] | None = None
+) -> int:
     """SDK local mode: the image on this machine's Docker; prints the path of model.tar.gz."""
-    options = dataclasses.replace(options, **local_mode.resolve_channels(options.channels()))
+    # Every channel but `--pretrained hub` (still to be fetched) is a folder or S3 URI to check now.
+    options = dataclasses.replace(options, **local_mode.resolve_channels(hub_weights.given_channels(options)))
     output_dir = local_mode.local_path(options.output_path or local_mode.DEFAULT_OUTPUT, "--output-path")
     image_uri = options.image_uri or f"birdsed:{job_options.project_version()}"
     local_mode.check_docker()
     local_mode.check_local_image(image_uri)
+    if hub_weights.wanted(options):  # after the checks: the download is the slow part
+        environ = os.environ if environ is None else environ
+        options = hub_weights.stage_locally(options, sm_env.hub_settings(environ), environ)
     instance_type = "local_gpu" if local_mode.gpu_available() else "local"
     logger.info("Local mode: %s as %s; results in %s", image_uri, instance_type, output_dir)
 
@@ -338,8 +357,8 @@ def main(argv: Sequence[str] | None = None, session: boto3.Session | None = None
             return session or boto3.Session(region_name=region, profile_name=options.profile)
 
         if options.local:
-            return run_local(options, make_session)
-        return submit(options, make_session())
+            return run_local(options, make_session, os.environ)
+        return submit(options, make_session(), sm_env.hub_settings(os.environ))
 
     return cli.run_command(body, verbose)
 

@@ -1,4 +1,7 @@
-"""timm backbones without their classifier, final pooling and other head-side modules; weights from a local file."""
+"""timm backbones without their classifier, final pooling and other head-side modules; weights from a local file.
+
+Which file (the `pretrained` channel's, the Hugging Face Hub's, or none) is decided in `models/weights.py`.
+"""
 
 from __future__ import annotations
 
@@ -33,28 +36,6 @@ def find_pretrained_weights(channel_dir: Path | None, backbone: str) -> Path | N
         f"The pretrained channel holds {len(candidates)} weight files "
         f"({', '.join(path.name for path in candidates[:5])}); keep one, or name it '{backbone}.safetensors'."
     )
-
-
-def resolve_weights(cfg: ModelConfig, channel_dir: Path | None) -> Path | None:
-    """Apply the `pretrained` policy: auto (use if present), true (required), false (never)."""
-    if cfg.pretrained == "false":
-        return None
-    weights = find_pretrained_weights(channel_dir, cfg.backbone)
-    if weights is not None:
-        weights_file.read_shapes(weights, cfg.backbone)  # a junk file fails here, before the data is probed
-    if weights is None and cfg.pretrained == "true":
-        raise DataError(
-            f"pretrained=true but no weights file ({', '.join(WEIGHT_SUFFIXES)}) was found in the "
-            f"'pretrained' channel for backbone '{cfg.backbone}'. Add the channel (e.g. the timm "
-            "model's model.safetensors from the Hugging Face hub) or set pretrained=auto or false."
-        )
-    if weights is None:
-        logger.warning(
-            "No pretrained weights for %s (no 'pretrained' channel or no weight file in it): "
-            "the backbone starts from random initialisation.",
-            cfg.backbone,
-        )
-    return weights
 
 
 def check_backbone_name(name: str) -> None:

@@ -26,11 +26,16 @@ class SEDModel(nn.Module):
         self.frontend = frontend
         self.backbone = backbone
         self.head = head
-        self.freeze_backbone = freeze_backbone
         # Backbone + head, where the time goes; `compile_core` swaps in a compiled version of it.
         self._core = self._backbone_and_head
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self.freeze_backbone = False
+        self.set_backbone_frozen(freeze_backbone)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Frozen: no gradient for the backbone's parameters and its batch norms keep their statistics."""
+        self.freeze_backbone = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> SEDModel:
         super().train(mode)

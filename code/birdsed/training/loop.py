@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -57,7 +58,7 @@ class Trainer:
     model: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Scheduler  # timm's, stepped per optimizer update (birdsed.optim)
     scaler: torch.amp.GradScaler
     precision: MixedPrecision
     device: torch.device
@@ -181,8 +182,8 @@ def finish_step(trainer: Trainer, progress: Progress, losses: list[torch.Tensor]
         progress.consecutive_nonfinite = 0
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scheduler.step()
     progress.step += 1
+    trainer.scheduler.step_update(progress.step)  # the rates of the next update (timm's scheduler, per update)
     return any_stop > 0
 
 

@@ -33,11 +33,17 @@ def _finite(value: object) -> object:
     return value
 
 
-def write_model_dir(model_dir: Path, state_dict: dict[str, torch.Tensor], labels: list[str], cfg: Config) -> None:
-    """`model.pt` (weights), `labels.json` (output order), `config.json` (how it was trained)."""
+# config.json's entry beside the config's sections: where the backbone's starting weights came from.
+WEIGHTS_KEY = "weights"
+
+
+def write_model_dir(
+    model_dir: Path, state_dict: dict[str, torch.Tensor], labels: list[str], cfg: Config, weights: str | None = None
+) -> None:
+    """`model.pt` (weights), `labels.json` (output order), `config.json` (how it was trained, and from what)."""
     atomic_save(state_dict, model_dir / MODEL_FILE)
     write_json(model_dir / LABELS_FILE, labels)
-    write_json(model_dir / CONFIG_FILE, cfg.to_dict())
+    write_json(model_dir / CONFIG_FILE, {**cfg.to_dict(), **({WEIGHTS_KEY: weights} if weights else {})})
 
 
 def write_metrics(output_data_dir: Path, history: list[dict], best: dict | None, summary: dict | None = None) -> None:

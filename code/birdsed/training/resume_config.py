@@ -5,7 +5,7 @@ sees (front end, sample rate, crop length, architecture, the train/validation sp
 same, or the weights would continue under a front end they were not trained for while config.json
 states another; a resume with any of them changed is refused, naming each. Everything else
 (epochs, lr, augmentation, ...) may change: each change is logged, and the optimizer settings
-that a loaded optimizer and scheduler state would otherwise override (lr, weight_decay) are
+that a loaded optimizer state would otherwise override (lr, weight_decay, backbone_lr_scale) are
 applied, so the schedule continues from the resumed step with the new values.
 """
 
@@ -15,7 +15,10 @@ import logging
 from pathlib import Path
 
 import torch
+from timm.scheduler.scheduler import Scheduler
+from torch import nn
 
+from birdsed import optim
 from birdsed.config import Config, OptimConfig
 from birdsed.errors import ConfigError
 
@@ -71,23 +74,56 @@ def show(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def apply_optimizer_settings(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, scheduler: Scheduler, saved: dict, model: nn.Module, cfg: OptimConfig, step: int
 ) -> None:
-    """Put this job's lr and weight_decay into a loaded optimizer and scheduler state.
+    """Continue the checkpoint's optimizer (its per-parameter moments) under this job's settings, at update `step`.
 
-    The scheduler's multipliers come from this job's config (epochs, warmup_epochs, min_lr_ratio
-    are not saved, only the step), but its base learning rates and the optimizer's weight decay
-    come from the checkpoint. Recomputing lr = base x multiplier(step) gives the value the
-    scheduler would have set itself, so an unchanged resume continues exactly.
+    The settings of the groups (lr, weight_decay, backbone_lr_scale) are this job's, so a resume may
+    change them; the schedule is a function of the update count (`optim.create_scheduler`), so setting
+    the rates for `step` is what the uninterrupted run's scheduler did: an unchanged resume is exact.
+    A checkpoint written before the optimizer came from timm's factory (two groups, no names) is migrated.
     """
-    decay_group = optimizer.param_groups[0]  # see create_optimizer: decayed weights first, then the rest
-    decay_group["weight_decay"] = cfg.weight_decay
-    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"] = cfg.lr
-        group["lr"] = cfg.lr * multiplier(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    if not all("name" in group for group in saved["param_groups"]):
+        saved = migrate_two_group_state(saved, optimizer, model)
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, optim.group_settings(cfg), strict=True):
+        group.update(settings, initial_lr=cfg.lr)
+    scheduler.step_update(step)
+
+
+def migrate_two_group_state(saved: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
+    """A checkpoint's optimizer state from before the timm optimizer (birdsed 0.1.0), in this optimizer's layout.
+
+    That optimizer had two groups over the trainable parameters in model order: matrices (decayed),
+    then 1-D parameters. Each parameter's moments move to its place in this optimizer's groups.
+    """
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    old_order = [p for p in trainable if p.ndim > 1] + [p for p in trainable if p.ndim <= 1]
+    old_ids = [index for group in saved["param_groups"] for index in group["params"]]
+    new_index = {id(parameter): index for index, parameter in enumerate(_parameters(optimizer))}
+    if len(old_ids) != len(old_order) or not set(map(id, old_order)) <= set(new_index):
+        raise ConfigError(
+            f"The checkpoint's optimizer state holds {len(old_ids)} parameters, this model trains {len(old_order)}: "
+            "it was written for another model. Start afresh with a new checkpoint location (a new --job-name)."
+        )
+    state = {}
+    for parameter, old_id in zip(old_order, old_ids, strict=True):
+        moments = saved["state"].get(old_id)
+        if moments is None:
+            continue
+        if moments["exp_avg"].shape != parameter.shape:
+            raise ConfigError(
+                "The checkpoint's optimizer state does not fit this model's parameters (another model?). Start "
+                "afresh with a new checkpoint location (a new --job-name)."
+            )
+        state[new_index[id(parameter)]] = moments
+    logger.info("resume: optimizer state of an older birdsed migrated to timm's optimizer (%d parameters)", len(state))
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [parameter for group in optimizer.param_groups for parameter in group["params"]]
 
 
 def batches_in_new_size(batches_done: int, old_batch_size: int, new_batch_size: int) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from timm.scheduler import CosineLRScheduler
+from timm.scheduler.scheduler import Scheduler
 from torch.utils.data import DataLoader
 
 from birdsed.config import Config
@@ -31,8 +33,8 @@ from birdsed.data.soundscapes import (
 )
 from birdsed.errors import DataError, TrainingStopped
 from birdsed.export import window_samples
+from birdsed.optim import cosine_scheduler, warmup_steps
 from birdsed.optim import create_scheduler as create_focal_scheduler
-from birdsed.optim import warmup_cosine
 from birdsed.predict import LoadedModel, Predictor
 from birdsed.sm_env import SageMakerEnv
 from birdsed.training import pseudo, selection
@@ -105,28 +107,41 @@ def end_epoch(cfg: Config, round_number: int) -> int:
     return cfg.optim.epochs + round_number * pseudo_epochs(cfg)
 
 
-def lr_multiplier(step: int, cfg: Config, steps_per_epoch: int) -> float:
-    """Warmup and cosine decay per round, from the optimizer step counted over the whole job."""
-    optim = cfg.optim
-    first = optim.epochs * steps_per_epoch
-    if step < first:
-        start, length = 0, first
-    else:
-        length = pseudo_epochs(cfg) * steps_per_epoch
-        start = first + (step - first) // length * length
-    if optim.max_steps:
-        length = max(1, min(length, optim.max_steps - start))
-    warmup = min(int(round(optim.warmup_epochs * steps_per_epoch)), max(length - 1, 0))
-    return warmup_cosine(step - start, warmup, length, optim.min_lr_ratio)
+class RoundScheduler(Scheduler):
+    """timm's warmup + cosine (`optim.cosine_scheduler`), started afresh at every round.
+
+    Round 0 spans the focal `epochs`, each later round `pseudo_epochs` (the last one cut at
+    `max_steps`). Like the focal schedule it is a function of the update count over the whole job,
+    so `step_update(step)` is all a resumed job needs; it keeps no state of its own.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> None:
+        self.spans: list[tuple[int, CosineLRScheduler]] = []  # (first update, that round's schedule)
+        start = 0
+        for number in range(cfg.soundscapes.pseudo_rounds + 1):
+            length = (cfg.optim.epochs if number == 0 else pseudo_epochs(cfg)) * steps_per_epoch
+            if cfg.optim.max_steps:
+                length = min(length, cfg.optim.max_steps - start)
+            if length <= 0:
+                break
+            warmup = warmup_steps(cfg.optim, steps_per_epoch, length)
+            self.spans.append((start, cosine_scheduler(optimizer, cfg.optim, length, warmup)))
+            start += length
+        super().__init__(optimizer, "lr", t_in_epochs=False)
+
+    def _get_lr(self, t: int) -> list[float]:
+        start, schedule = next((span for span in reversed(self.spans) if span[0] <= t), self.spans[0])
+        return schedule._get_lr(t - start)
+
+    def state_dict(self) -> dict:
+        return {}  # nothing beyond the update count (and no objects: checkpoints load with weights_only)
 
 
-def create_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> Scheduler:
     """The focal schedule, restarted for every pseudo-label round."""
     if not cfg.soundscapes.pseudo_rounds:
         return create_focal_scheduler(optimizer, cfg.optim, steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, steps_per_epoch))
+    return RoundScheduler(optimizer, cfg, steps_per_epoch)
 
 
 # ---- every epoch ----

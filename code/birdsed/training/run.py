@@ -28,10 +28,11 @@ from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError, TrainingStopped
 from birdsed.losses import create_loss
 from birdsed.models import create_model
-from birdsed.models.backbone import check_backbone_name, resolve_weights
+from birdsed.models.backbone import check_backbone_name
+from birdsed.models.weights import resolve_weights
 from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import checkpoint, distributed, outputs, resume_config, rounds, selection
+from birdsed.training import checkpoint, distributed, finetune, outputs, resume_config, rounds, selection
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -58,6 +59,7 @@ class Job:
     val_loader: DataLoader
     truth: np.ndarray
     reporter: reports.Reporter | None  # TensorBoard and plots; only the process that writes outputs has one
+    weights: str  # where the backbone's starting weights came from (PretrainedWeights.summary), recorded
     reference: selection.ValidationReference  # chance levels, baseline, the metric that picks the best epoch
     # A resumed mid-epoch augmentation state, applied once after the epoch's reseed.
     resumed_augment_state: dict | None = None
@@ -90,10 +92,16 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     # Checks that need no data first: a wrong name should not wait for 25,000 files to be probed.
     check_backbone_name(cfg.model.backbone)
     rounds.check_channels(cfg, env)
-    weights = resolve_weights(cfg.model, env.channel("pretrained"))
+    # Once per job: the first process looks (and downloads), the others wait for its answer.
+    weights = group.computed_once(
+        lambda: resolve_weights(cfg.model, env.channel("pretrained"), env.hub, env.checkpoint_dir)
+    )
+    # A process on another host may not see the first one's download: it starts random, and DDP copies rank 0's.
+    local_file = weights.path if weights.path is not None and (group.is_main or weights.path.is_file()) else None
     configure_backends(group.device)
     data = group.computed_once(lambda: loaders.load_training_data(cfg, env.channel("train"), env.channel("validation")))
-    model = optimise_model(create_model(cfg, len(data.labels), weights).to(group.device), group.device, cfg.run.compile)
+    model = create_model(cfg, len(data.labels), local_file).to(group.device)
+    model = optimise_model(model, group.device, cfg.run.compile)
     model = group.wrap(model, cfg.run.sync_batchnorm)
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
@@ -125,6 +133,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
         val_loader=loaders.validation_loader(data, cfg, val_sampler, pin_memory, per_node),
         truth=truth,
         reporter=create_reporter(env, data) if group.is_main else None,
+        weights=weights.summary,
         reference=validation_reference(cfg, data, truth, group, per_node),
         soundscapes=soundscapes,
     )
@@ -151,7 +160,7 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingData, group: Distributed) -> Trainer:
     precision = mixed_precision(cfg.run.amp, group.device)
-    optimizer = create_optimizer(model, cfg.optim)
+    optimizer = create_optimizer(unwrap(model), cfg.optim)
     crops = loaders.epoch_crops(len(data.train), cfg.data.min_epoch_crops)
     batches = math.ceil(math.ceil(crops / group.world_size) / cfg.optim.batch_size)
     steps_per_epoch = math.ceil(batches / cfg.optim.grad_accum_steps)
@@ -189,6 +198,7 @@ def train_epochs(job: Job, progress: Progress, stop: StopRequest) -> None:
             break
         if epoch != progress.epoch:
             progress.start_epoch(epoch)
+        finetune.set_phase(trainer, cfg, epoch)
         job.sampler.set_epoch(epoch, start=progress.batches_done * cfg.optim.batch_size)
         trainer.augment.set_epoch(epoch)
         if job.resumed_augment_state is not None:
@@ -303,6 +313,7 @@ def checkpoint_state(job: Job, progress: Progress) -> dict:
         "world_size": job.distributed.world_size,
         "rng": job.distributed.gather(rng_state()),  # one entry per process, in rank order
         "augment": job.distributed.gather(trainer.augment.state_dict()),
+        "weights": job.weights,
         "pseudo_labels": rounds.checkpoint_entry(job),
     }
 
@@ -335,9 +346,17 @@ def resume(job: Job) -> Progress:
     check_compatible(state, job)
     trainer, optim = job.trainer, job.cfg.optim
     unwrap(trainer.model).load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    resume_config.apply_optimizer_settings(trainer.optimizer, trainer.scheduler, optim)
+    resume_config.load_optimizer_state(
+        trainer.optimizer,
+        trainer.scheduler,
+        state["optimizer"],
+        unwrap(trainer.model),
+        optim,
+        state["progress"]["step"],
+    )
+    if state.get("weights", job.weights) != job.weights:  # a checkpoint from before birdsed recorded it keeps ours
+        logger.info("resume: the run started from weights=%s; it continues from the checkpoint", state["weights"])
+        job.weights = state["weights"]
     if state["scaler"] or not trainer.scaler.is_enabled():  # empty: saved with amp=off, now on (fresh scale)
         trainer.scaler.load_state_dict(state["scaler"])
     # The same number of processes continues exactly; a different number continues from the same
@@ -377,7 +396,7 @@ def finish(job: Job, progress: Progress) -> dict:
     env = job.env
     weights = final_weights(job, best)
     labels = job.data.labels
-    outputs.write_model_dir(env.model_dir, weights, labels, job.cfg)
+    outputs.write_model_dir(env.model_dir, weights, labels, job.cfg, job.weights)
     check = export.check_waveforms(job.data.validation, export.window_samples(job.cfg))  # validation crops
     exported = export.export_model_dir(env.model_dir, weights, labels, job.cfg, check)
     warnings = job.reference.end_of_job_warnings(best)
@@ -385,6 +404,7 @@ def finish(job: Job, progress: Progress) -> dict:
         "per_class_ap": reports.ap_by_label(labels, best),
         "export": exported,
         "steps": progress.step,
+        "weights": job.weights,
         **job.reference.summary(),
         "warnings": warnings,
     }
