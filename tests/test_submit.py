@@ -254,6 +254,8 @@ def test_dry_run_request_is_what_a_real_submission_sends(account, run):
 
 def test_metric_regexes_read_the_training_log_line():
     record = {"epoch": 7, "train_loss": 0.4321, "val_loss": 0.5678, "val_cmap": 0.8125, "val_auc": 0.9375, "lr": 2.5e-4}
+    # The full line: with a soundscape_validation channel and pseudo-label rounds.
+    record |= {"val_soundscape_auc": 0.875, "val_soundscape_cmap": 0.625, "round": 2}
     line = format_metrics(record)
     for text in (line, f"[1,mpirank:0,algo-1]<stdout>:{line}", f"2026-11-24 05:00:00 INFO {line}"):
         for name, regex in job_spec.METRIC_REGEXES.items():
