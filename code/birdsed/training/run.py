@@ -412,9 +412,8 @@ def finish(job: Job, progress: Progress) -> dict:
     job.reporter.finish(progress.history, best, job.reference.plot_lines())
     if best is not None:
         logger.info(
-            "Model written to %s (best epoch=%d by %s=%.4f: val_cmap=%.4f val_auc=%.4f)",
-            env.model_dir, best["epoch"], job.reference.metric, selection.selection_score(best, job.reference.metric),
-            best["val_cmap"], best["val_auc"],
+            "Model written to %s (best epoch=%d by %s: %s)",
+            env.model_dir, best["epoch"], job.reference.metric, selection.describe_scores(best, job.reference.metric),
         )  # fmt: skip
     return best or {}
 

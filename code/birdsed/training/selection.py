@@ -100,6 +100,12 @@ def selection_score(record: dict, metric: str) -> float:
     return math.nan if value is None else float(value)
 
 
+def describe_scores(record: dict, metric: str) -> str:
+    """`val_cmap=X val_auc=X`, and the selection metric when it is another one (a soundscape metric)."""
+    names = (*METRICS, metric) if metric not in METRICS else METRICS
+    return " ".join(f"{name}={selection_score(record, name):.4f}" for name in names)
+
+
 def best_record(history: list[dict], metric: str) -> dict | None:
     """The epoch with the highest `metric` (the first of equals); the last epoch when none was scored."""
     scored = [record for record in history if not math.isnan(selection_score(record, metric))]
