@@ -12,7 +12,7 @@ from birdsed.data import loaders
 from birdsed.data.dataset import CropDataset
 from birdsed.data.metadata import Recordings
 from birdsed.training import baseline, selection
-from birdsed.training.run import primary_truth
+from birdsed.training.job import primary_truth
 from conftest import FAST_HYPERPARAMETERS
 
 FEATURES = FeatureConfig(n_mels=32, n_fft=512, hop_length=128, fmax=8000.0)

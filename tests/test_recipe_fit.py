@@ -14,8 +14,8 @@ from birdsed.data import cache, loaders, metadata
 from birdsed.data.sampler import ShardSampler
 from birdsed.models import create_model
 from birdsed.training.distributed import Distributed
+from birdsed.training.job import build_trainer, primary_truth
 from birdsed.training.loop import Progress, evaluate, train_one_epoch
-from birdsed.training.run import build_trainer, primary_truth
 from birdsed.training.signals import NeverStop
 from conftest import FAST_HYPERPARAMETERS
 

@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from birdsed.training.run import format_metrics
+from birdsed.training.job import format_metrics
 from birdsed_launch import job_spec, submit
 
 pytest_plugins = ["moto_aws"]

@@ -35,9 +35,9 @@ from birdsed.data.synthetic import make_dataset, pink_noise
 from birdsed.features import LogMelDeltas
 from birdsed.models import create_model
 from birdsed.training.distributed import Distributed
+from birdsed.training.job import build_trainer
 from birdsed.training.loop import Progress, Trainer, finish_step, to_device, train_one_epoch
 from birdsed.training.performance import configure_backends, optimise_model
-from birdsed.training.run import build_trainer
 from birdsed.training.signals import NeverStop
 
 GPU_BACKBONE = "tf_efficientnetv2_s.in21k"  # the job's default

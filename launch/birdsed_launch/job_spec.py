@@ -38,7 +38,7 @@ from birdsed_launch.job_options import JobOptions
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/data/tensorboard"
 
-# The one metric line per epoch (birdsed.training.run.format_metrics):
+# The one metric line per epoch (birdsed.training.job.format_metrics):
 #   epoch=N train_loss=X val_loss=X val_cmap=X val_auc=X lr=X [val_soundscape_auc=X val_soundscape_cmap=X] [round=R]
 # Each regex spells the line from its start to the field it captures, so no other log line can feed a
 # metric. A field that is not a number (nan when there is no validation data) is simply not recorded.

@@ -19,7 +19,7 @@ import torch
 
 from birdsed import config, logs, sm_env, supervise, torchrun
 from birdsed.errors import TrainingStopped, UserError
-from birdsed.training.run import run
+from birdsed.training.job import run
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
-"""From channels to DataLoaders: metadata, split, usable files, datasets, weighted sampling.
+"""From channels to DataLoaders: labels, split, datasets, weighted sampling, worker settings.
 
-A channel holds either raw audio (probed here, crops decoded per item) or a waveform cache made by
-`code/prepare.py` (recognised by its `cache.json`; durations come from its index).
+Which recordings of a channel are usable (probing, skip policy) is `birdsed.data.recordings`.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from birdsed.config import Config
 from birdsed.data import cache, metadata
-from birdsed.data.audio import AudioInfo, AudioReadError, RawAudio, inspect_many
 from birdsed.data.dataset import CropDataset, CropSource
+from birdsed.data.recordings import usable_recordings
 from birdsed.data.sampler import ShardSampler, WeightedEpochSampler
 from birdsed.errors import DataError
 
@@ -46,10 +45,10 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
             "The required 'train' channel is missing: give the job a 'train' input channel "
             "(S3 prefix holding train_metadata.csv and train_audio/)."
         )
-    frame, train_source = _channel(train_dir, "train", cfg)
+    frame, train_source = usable_recordings(train_dir, "train", cfg)
     labels = metadata.build_vocabulary(frame)
     if validation_dir is not None:
-        train_frame, (val_frame, val_source) = frame, _channel(validation_dir, "validation", cfg)
+        train_frame, (val_frame, val_source) = frame, usable_recordings(validation_dir, "validation", cfg)
         _check_known_labels(val_frame, labels)
         _warn_overlap(train_frame, val_frame)
     else:
@@ -67,66 +66,6 @@ def load_training_data(cfg: Config, train_dir: Path | None, validation_dir: Path
         sampler_weights=metadata.sampling_weights(train_frame, labels),
         class_weights=metadata.class_weights(train_frame, labels),
     )
-
-
-def _channel(directory: Path, channel: str, cfg: Config) -> tuple[pd.DataFrame, CropSource]:
-    """The usable recordings of a channel and the source their crops are read from."""
-    if cache.is_cache(directory):
-        (frame, listed), source = (
-            cache.usable_recordings(directory, channel, cfg.data.sample_rate),
-            cache.CachedWaveforms(),
-        )
-    else:
-        (frame, listed), source = (
-            _usable(metadata.read_metadata(directory), channel, cfg.data.audio_check),
-            RawAudio(cfg.data.sample_rate),
-        )
-    check_skipped_fraction(channel, listed, len(frame), cfg.data.max_skipped_fraction)
-    return frame, source
-
-
-def _usable(frame: pd.DataFrame, channel: str, audio_check: str) -> tuple[pd.DataFrame, int]:
-    """Check every file once; skip (and name, with the reason) those that cannot be used.
-
-    Returns the usable rows (with `seconds`) and the number of rows listed, for the skip limit."""
-    infos = _inspect(frame, full=audio_check == "full")
-    usable = [isinstance(info, AudioInfo) for info in infos]
-    for path, info in zip(frame["path"], infos, strict=True):
-        if not isinstance(info, AudioInfo):
-            logger.warning("Skipping %s: %s", path, info)
-    skipped = len(frame) - sum(usable)
-    logger.info(
-        "channel=%s source=raw audio_check=%s skipped_files=%d usable_files=%d",
-        channel, audio_check, skipped, sum(usable),
-    )  # fmt: skip
-    if not any(usable):
-        raise DataError(
-            f"None of the {len(frame)} recordings listed in the '{channel}' channel's metadata could be "
-            "read (see the log for each file's reason); check that train_audio/ holds the files "
-            "named in the 'filename' column."
-        )
-    seconds = [info.seconds for info in infos if isinstance(info, AudioInfo)]
-    return frame[usable].assign(seconds=seconds).reset_index(drop=True), len(frame)
-
-
-def _inspect(frame: pd.DataFrame, full: bool) -> list[AudioInfo | AudioReadError]:
-    """`inspect_many` of the rows' files; a name no file system can hold is a skip, never probed (it would raise)."""
-    too_long = [metadata.name_too_long(name) for name in frame["filename"]]
-    probed = iter(
-        inspect_many([path for path, reason in zip(frame["path"], too_long, strict=True) if not reason], full)
-    )
-    return [AudioReadError(reason) if reason else next(probed) for reason in too_long]
-
-
-def check_skipped_fraction(channel: str, listed: int, usable: int, max_fraction: float) -> None:
-    """A few bad files are normal; many mean the wrong data or a broken upload, so stop before training."""
-    skipped = listed - usable
-    if listed and skipped / listed > max_fraction:
-        raise DataError(
-            f"{skipped} of the {listed} recordings in the '{channel}' channel ({skipped / listed:.0%}) could not "
-            f"be used, more than max_skipped_fraction={max_fraction:g}; the log names each file and its reason. "
-            "Fix or remove those files (or raise max_skipped_fraction to train on the rest)."
-        )
 
 
 def _check_known_labels(frame: pd.DataFrame, labels: list[str]) -> None:

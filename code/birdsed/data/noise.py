@@ -15,7 +15,7 @@ import torch
 
 from birdsed.data import cache
 from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, decode, to_pcm16
-from birdsed.data.loaders import check_skipped_fraction
+from birdsed.data.recordings import check_skipped_fraction
 from birdsed.errors import DataError
 
 logger = logging.getLogger(__name__)

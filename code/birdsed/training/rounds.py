@@ -1,6 +1,6 @@
 """Soundscapes in a training job: the soundscape validation score and the pseudo-label rounds.
 
-`run.py` calls the hooks here; with neither soundscape channel and `pseudo_rounds=0` they change
+`training/job.py` calls the hooks here; with neither soundscape channel and `pseudo_rounds=0` they change
 nothing. Rounds are spans of epochs: round 0 is epochs `1..epochs` on the focal data, round r >= 1
 the next `pseudo_epochs`. A round starts from the previous round's best weights (`best_model.pt`
 in the checkpoint dir, which then holds the best of the current round), with fresh optimizer
@@ -45,7 +45,7 @@ from birdsed.training.soundscape_validation import SoundscapeValidation, evaluat
 from birdsed.training.soundscape_validation import load as load_validation
 
 if TYPE_CHECKING:
-    from birdsed.training.run import Job
+    from birdsed.training.job import Job
 
 logger = logging.getLogger(__name__)
 metrics_logger = logging.getLogger("birdsed.metrics")
