@@ -11,9 +11,9 @@ from pathlib import Path
 import timm
 from torch import nn
 
+import birdsed.models.weights_file as weights_file
 from birdsed.config import ModelConfig
 from birdsed.errors import ConfigError, DataError
-from birdsed.models import weights_file
 from birdsed.models.probe import keep_used_modules
 
 logger = logging.getLogger(__name__)

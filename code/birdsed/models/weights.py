@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import birdsed.models.weights_file as weights_file
 from birdsed import hub
 from birdsed.config import ModelConfig
 from birdsed.errors import DataError
-from birdsed.models import weights_file
 from birdsed.models.backbone import find_pretrained_weights
 from birdsed.sm_env import HubSettings
 
