@@ -32,6 +32,13 @@ class ModelConfig:
     drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95))
     drop_path_rate: float = field(default=0.1, metadata=_range(0.0, 0.95))
     gru_hidden: int = field(default=256, metadata=_range(1))
+    # prior: the classifier's bias starts at each class's log-odds in the training draws (RetinaNet's focal-loss
+    # initialisation), so a fresh model outputs the class prior instead of 0.5 everywhere and the first hundred
+    # steps are not spent pushing every output down (docs/recipe.md); zero: PyTorch's default initialisation.
+    head_bias: Literal["prior", "zero"] = field(
+        default="prior",
+        metadata={"help": "Initial classifier bias: prior (each class's log-odds in the training data) or zero."},
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,12 @@ class AugmentConfig:
     gain_db_max: float = field(default=6.0, metadata=_range(-40.0, 40.0))
     mix_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
     mix_max_clips: int = field(default=3, metadata=_range(2, 3))
+    # equal: each added clip at the item's audible level (+-6 dB); raw: summed at recorded levels, which buries
+    # the quieter clip while its label stays in the union (docs/recipe.md).
+    mix_levels: Literal["equal", "raw"] = field(
+        default="equal",
+        metadata={"help": "Levels of mixed clips: equal (each near the item's audible level) or raw (as recorded)."},
+    )
     stretch_p: float = field(default=0.2, metadata=_range(0.0, 1.0))
     stretch_min: float = field(default=0.8, metadata=_range(0.25, 4.0))
     stretch_max: float = field(default=1.25, metadata=_range(0.25, 4.0))
@@ -107,6 +120,12 @@ class AugmentConfig:
     background_p: float = field(default=0.5, metadata=_range(0.0, 1.0))
     background_snr_min: float = field(default=3.0, metadata=_range(-20.0, 60.0))
     background_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))
+    # band: signal and noise powers after a first-difference high-pass (what the model hears); crop: plain mean
+    # square, where a crop's low-frequency wind sets the level and white noise buries its bird (docs/recipe.md).
+    noise_snr_reference: Literal["band", "crop"] = field(
+        default="band",
+        metadata={"help": "How noise SNRs are measured: band (after a high-pass, what the model hears) or crop."},
+    )
     noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0))
     noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0))
     noise_snr_max: float = field(default=20.0, metadata=_range(-20.0, 60.0))

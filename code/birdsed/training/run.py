@@ -93,7 +93,8 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     weights = resolve_weights(cfg.model, env.channel("pretrained"))
     configure_backends(group.device)
     data = group.computed_once(lambda: loaders.load_training_data(cfg, env.channel("train"), env.channel("validation")))
-    model = optimise_model(create_model(cfg, len(data.labels), weights).to(group.device), group.device, cfg.run.compile)
+    model = create_model(cfg, len(data.labels), weights, loaders.class_prior(data))
+    model = optimise_model(model.to(group.device), group.device, cfg.run.compile)
     model = group.wrap(model, cfg.run.sync_batchnorm)
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
