@@ -1,5 +1,5 @@
-"""The causes issue 18 found, each pinned: the classifier starts at the class prior, mixed clips meet at equal
-audible levels, and noise SNRs are measured in the band the model hears (docs/recipe.md)."""
+"""The causes issue 18 found, each pinned: the classifier starts at the class prior, noise SNRs are measured in
+the band the model hears, and (an option) mixed clips meet at equal audible levels (docs/recipe.md)."""
 
 import math
 
@@ -97,11 +97,13 @@ def test_band_snr_ignores_low_frequency_rumble():
             assert float(call_to_noise) < -10.0
 
 
-def test_the_jobs_noise_uses_the_band_reference_by_default():
+def test_the_jobs_defaults_band_snr_raw_mix_prior_bias():
     from birdsed.augment import create_augmentations
 
     cfg = from_hyperparameters({})
-    assert (cfg.augment.noise_snr_reference, cfg.augment.mix_levels, cfg.model.head_bias) == ("band", "equal", "prior")
+    assert (cfg.augment.noise_snr_reference, cfg.augment.mix_levels, cfg.model.head_bias) == ("band", "raw", "prior")
     augment = create_augmentations(cfg.augment, 0)
     noises = [m for m in augment.waveform.after_mix if isinstance(m, GaussianNoise)]
-    assert noises and noises[0].reference == "band" and augment.waveform.mix.levels == "equal"
+    assert noises and noises[0].reference == "band" and augment.waveform.mix.levels == "raw"
+    equal = create_augmentations(from_hyperparameters({"mix_levels": "equal"}).augment, 0)
+    assert equal.waveform.mix.levels == "equal"
