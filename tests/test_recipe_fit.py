@@ -46,7 +46,8 @@ def test_the_default_recipe_lets_a_tiny_model_fit_a_small_real_subset(small_real
     torch.manual_seed(cfg.run.seed)
     data = loaders.load_training_data(cfg, small_real_cache, None)
     cpu = torch.device("cpu")
-    trainer = build_trainer(cfg, create_model(cfg, len(data.labels)), data, Distributed(0, 0, 1, cpu))
+    model = create_model(cfg, len(data.labels), class_prior=loaders.class_prior(data))  # as the job builds it
+    trainer = build_trainer(cfg, model, data, Distributed(0, 0, 1, cpu))
     trainer.augment = create_augmentations(cfg.augment, cfg.run.seed, cpu)
     sampler = loaders.make_sampler(data, cfg)
     loader = loaders.train_loader(data, cfg, sampler, pin_memory=False)

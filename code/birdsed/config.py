@@ -69,6 +69,13 @@ class ModelConfig:
     gru_hidden: int = field(
         default=256, metadata=_range(1, help="Width of the `chrononet` head's GRU (unused by `attention`).")
     )
+    # prior: the classifier's bias starts at each class's log-odds in the training draws (RetinaNet's focal-loss
+    # initialisation), so a fresh model outputs the class prior instead of 0.5 everywhere and the first hundred
+    # steps are not spent pushing every output down (docs/recipe.md); zero: PyTorch's default initialisation.
+    head_bias: Literal["prior", "zero"] = field(
+        default="prior",
+        metadata={"help": "Initial classifier bias: prior (each class's log-odds in the training data) or zero."},
+    )
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,13 @@ class AugmentConfig:
         ),
     )
     mix_max_clips: int = field(default=3, metadata=_range(2, 3, help="Clips summed by a mix, at most (2 or 3)."))
+    # raw: summed at recorded levels (a quieter clip may be inaudible while its label stays in the union); equal:
+    # each added clip at the item's audible level (+-6 dB). equal fitted slower on real_birds and its held-out
+    # effect is not measured yet, so raw stays the default (docs/recipe.md).
+    mix_levels: Literal["equal", "raw"] = field(
+        default="raw",
+        metadata={"help": "Levels of mixed clips: equal (each near the item's audible level) or raw (as recorded)."},
+    )
     stretch_p: float = field(
         default=0.2,
         metadata=_range(0.0, 1.0, help="Probability of a time stretch (pitch kept; cut or padded back to `duration`)."),
@@ -333,6 +347,12 @@ class AugmentConfig:
     )
     background_snr_max: float = field(
         default=20.0, metadata=_range(-20.0, 60.0, help="Highest SNR of background noise, dB.")
+    )
+    # band: signal and noise powers after a first-difference high-pass (what the model hears); crop: plain mean
+    # square, where a crop's low-frequency wind sets the level and white noise buries its bird (docs/recipe.md).
+    noise_snr_reference: Literal["band", "crop"] = field(
+        default="band",
+        metadata={"help": "How noise SNRs are measured: band (after a high-pass, what the model hears) or crop."},
     )
     noise_p: float = field(default=0.25, metadata=_range(0.0, 1.0, help="Probability of white Gaussian noise."))
     noise_snr_min: float = field(default=5.0, metadata=_range(-20.0, 60.0, help="Lowest SNR of white noise, dB."))

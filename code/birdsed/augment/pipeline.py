@@ -107,7 +107,7 @@ def create_augmentations(
         logger.info("augment=off: training without augmentation")
         return Augmentations(random=random, seed=seed, rank=rank)
     before = [Gain(cfg.gain_p, cfg.gain_db_min, cfg.gain_db_max, random)] if cfg.gain_p else []
-    mix = Mix(cfg.mix_p, cfg.mix_max_clips, random) if cfg.mix_p else None
+    mix = Mix(cfg.mix_p, cfg.mix_max_clips, random, cfg.mix_levels) if cfg.mix_p else None
     after = _after_mix(cfg, random, noise_bank.to(device) if noise_bank is not None else None)
     masks = [
         TimeMask(cfg.time_mask_p, cfg.time_mask_max_fraction, random),
@@ -130,11 +130,13 @@ def _after_mix(cfg: AugmentConfig, random: RandomStreams, bank: torch.Tensor | N
     candidates = [
         TimeStretch(cfg.stretch_p, cfg.stretch_min, cfg.stretch_max, random),
         PitchShift(cfg.pitch_p, cfg.pitch_semitones_min, cfg.pitch_semitones_max, random),
-        BackgroundNoise(cfg.background_p, cfg.background_snr_min, cfg.background_snr_max, bank, random)
+        BackgroundNoise(
+            cfg.background_p, cfg.background_snr_min, cfg.background_snr_max, bank, random, cfg.noise_snr_reference
+        )
         if bank is not None
         else None,
-        GaussianNoise(cfg.noise_p, cfg.noise_snr_min, cfg.noise_snr_max, random),
-        PinkNoise(cfg.pink_noise_p, cfg.pink_noise_snr_min, cfg.pink_noise_snr_max, random),
+        GaussianNoise(cfg.noise_p, cfg.noise_snr_min, cfg.noise_snr_max, random, cfg.noise_snr_reference),
+        PinkNoise(cfg.pink_noise_p, cfg.pink_noise_snr_min, cfg.pink_noise_snr_max, random, cfg.noise_snr_reference),
         WaveMask(cfg.wave_mask_p, cfg.wave_mask_max_fraction, random),
     ]
     return [augment for augment in candidates if augment is not None and augment.p]

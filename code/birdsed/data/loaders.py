@@ -160,5 +160,15 @@ def make_sampler(data: TrainingData, cfg: Config, rank: int = 0, world_size: int
     )
 
 
+def class_prior(data: TrainingData) -> np.ndarray:
+    """Each class's mean target over the training recordings as the sampler draws them (weighted): the
+    rate at which the model will see it, before augmentation."""
+    targets = np.asarray(data.train.recordings.targets, dtype=np.float64)
+    weights = np.asarray(data.sampler_weights, dtype=np.float64)
+    if not len(targets) or weights.sum() <= 0:
+        return np.full(len(data.labels), 1.0 / max(len(data.labels), 1))
+    return weights @ targets / weights.sum()
+
+
 def class_weight_tensor(data: TrainingData) -> torch.Tensor:
     return torch.as_tensor(data.class_weights, dtype=torch.float32)

@@ -14,6 +14,9 @@ from torch import nn
 
 from birdsed.config import ModelConfig
 
+# Bounds of an initial class prior: a class absent from the draws still gets a finite bias.
+PRIOR_MIN, PRIOR_MAX = 1e-3, 0.5
+
 
 class AttentionSEDHead(nn.Module):
     """Feature map `[B, C, F, T]` -> named clip-wise and frame-wise logits.
@@ -28,6 +31,13 @@ class AttentionSEDHead(nn.Module):
         self.project = nn.Linear(in_features, in_features)
         self.attention = nn.Conv1d(in_features, num_classes, kernel_size=1)
         self.classifier = nn.Conv1d(in_features, num_classes, kernel_size=1)
+
+    @torch.no_grad()
+    def set_prior(self, prior: torch.Tensor) -> None:
+        """Start the classifier's bias at each class's log-odds: a fresh model outputs the class prior, the
+        constant a loss is lowest for before any feature is learnt (clip and frame outputs alike)."""
+        prior = prior.to(self.classifier.bias).clamp(PRIOR_MIN, PRIOR_MAX)
+        self.classifier.bias.copy_(torch.log(prior / (1 - prior)))
 
     def pool_frequency(self, features: torch.Tensor) -> torch.Tensor:
         frames = features.mean(dim=2)  # [B, C, T]
@@ -62,6 +72,9 @@ class ChronoNetHead(nn.Module):
         super().__init__()
         self.sed = AttentionSEDHead(2 * hidden, num_classes, drop_rate)
         self.gru = nn.GRU(in_features, hidden, batch_first=True, bidirectional=True)
+
+    def set_prior(self, prior: torch.Tensor) -> None:
+        self.sed.set_prior(prior)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         frames = features.mean(dim=2).transpose(1, 2)  # [B, T, C]

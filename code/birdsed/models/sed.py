@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,9 +65,14 @@ class SEDModel(nn.Module):
         return self.forward_spectrogram(spectrogram)
 
 
-def create_model(cfg: Config, num_classes: int, weights: Path | None = None) -> SEDModel:
-    """Build the model named by the config; `weights` initialises the backbone."""
+def create_model(
+    cfg: Config, num_classes: int, weights: Path | None = None, class_prior: np.ndarray | None = None
+) -> SEDModel:
+    """Build the model named by the config; `weights` initialises the backbone, `class_prior` (each class's
+    share of positive targets in training) the classifier's bias when `head_bias=prior`."""
     backbone = create_backbone(cfg.model, weights)
     head = create_head(cfg.model, backbone.num_features, num_classes)
+    if class_prior is not None and cfg.model.head_bias == "prior":
+        head.set_prior(torch.as_tensor(class_prior, dtype=torch.float32))
     frontend = LogMelDeltas(cfg.data.sample_rate, cfg.features)
     return SEDModel(frontend, backbone, head, cfg.model.freeze_backbone)

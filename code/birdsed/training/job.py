@@ -100,7 +100,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     local_file = weights.path if weights.path is not None and (group.is_main or weights.path.is_file()) else None
     configure_backends(group.device)
     data = group.computed_once(lambda: loaders.load_training_data(cfg, env.channel("train"), env.channel("validation")))
-    model = create_model(cfg, len(data.labels), local_file).to(group.device)
+    model = create_model(cfg, len(data.labels), local_file, loaders.class_prior(data)).to(group.device)
     model = optimise_model(model, group.device, cfg.run.compile)
     model = group.wrap(model, cfg.run.sync_batchnorm)
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
