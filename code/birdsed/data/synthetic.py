@@ -212,7 +212,7 @@ def _write_recording(
         waveform = np.stack([waveform, 0.8 * waveform], axis=1)
     filename = f"{label}/XC{100000 + 1000 * labels.index(label) + number}{suffix}"
     container, subtype = FORMATS[suffix]
-    sf.write(root / AUDIO_DIR / filename, waveform, sample_rate, format=container, subtype=subtype)
+    write_audio(root / AUDIO_DIR / filename, waveform, sample_rate, container, subtype)
     rating = "" if rng.random() < 0.15 else f"{rng.choice([2.5, 3.0, 3.5, 4.0, 4.5, 5.0]):.1f}"
     return {
         "primary_label": label,
@@ -335,7 +335,7 @@ def make_soundscapes(
         name = f"site{number % 2}/SC{seed:04d}_{number:03d}{formats[number % len(formats)]}"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         container, subtype = FORMATS[formats[number % len(formats)]]
-        sf.write(root / name, waveform, sample_rate, format=container, subtype=subtype)
+        write_audio(root / name, waveform, sample_rate, container, subtype)
         for index in range(int(np.ceil(seconds / window - 1e-9))):
             start, end = index * window, min((index + 1) * window, seconds)
             rows.append(
@@ -352,3 +352,16 @@ def make_soundscapes(
             writer.writeheader()
             writer.writerows(rows)
     return root
+
+
+# Frames per write call: libvorbis allocates its work buffer on the stack for all frames of one call, and one
+# call with a minute of audio overflows it (a segmentation fault; libsndfile issue 1095). Chunks stay far below.
+WRITE_CHUNK_FRAMES = 1 << 16
+
+
+def write_audio(path: Path, waveform: np.ndarray, sample_rate: int, container: str, subtype: str) -> None:
+    """`soundfile.write` in chunks, so that long OGG Vorbis files are written without crashing libvorbis."""
+    channels = 1 if waveform.ndim == 1 else waveform.shape[1]
+    with sf.SoundFile(path, "w", sample_rate, channels, subtype=subtype, format=container) as handle:
+        for start in range(0, len(waveform), WRITE_CHUNK_FRAMES):
+            handle.write(waveform[start : start + WRITE_CHUNK_FRAMES])
