@@ -32,6 +32,9 @@ DEMO_HYPERPARAMETERS = {
     "n_mels": 64,
     "duration": 5,
     "val_fraction": 0.25,
+    # One crop per training recording per epoch (96): the default's 512 suits datasets too small for an epoch
+    # of steps; the demo's minutes are budgeted in epochs.
+    "min_epoch_crops": 0,
     "num_workers": 2,
     "seed": 7,
     # Soundscapes (docs/soundscapes.md): each round's best epoch by the soundscape score, then 2 rounds.
