@@ -48,13 +48,15 @@ class AudioInfo:
 
 def probe(path: Path) -> AudioInfo:
     """Read the header of a recording; raise `AudioReadError` if it is unusable."""
-    if not path.is_file():
-        raise AudioReadError("file not found")
-    if path.stat().st_size == 0:
-        raise AudioReadError("empty file")
     try:
+        if not path.is_file():
+            raise AudioReadError("file not found")
+        if path.stat().st_size == 0:
+            raise AudioReadError("empty file")
         with _mpeg_noise_filtered(_is_mp3(path)):
             info = sf.info(str(path))
+    except OSError as error:  # permissions, an I/O error of a flaky mount, a file gone since it was listed
+        raise AudioReadError(f"cannot be read ({error.strerror or error})") from None
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioReadError(f"not readable audio ({error})") from None
     if info.frames <= 0 or info.samplerate <= 0:
@@ -77,6 +79,8 @@ def inspect(path: Path, full: bool = False) -> AudioInfo:
     try:
         with _mpeg_noise_filtered(_is_mp3(path)), sf.SoundFile(str(path)) as audio:
             frames = _decode_all(audio) if full else _decode_ends(audio, info)
+    except OSError as error:
+        raise AudioReadError(f"cannot be read ({error.strerror or error})") from None
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioReadError(f"decoding failed ({error})") from None
     if frames == 0:
