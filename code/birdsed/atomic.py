@@ -52,6 +52,14 @@ def write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def existing_ancestor(path: Path) -> Path:
+    """The closest existing folder above `path` (or a file in its way): where writing `path` would start."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

@@ -11,6 +11,23 @@ from birdsed.config import FeatureConfig
 NORMALISE_EPS = 1e-5
 
 
+def mel_spectrogram(
+    sample_rate: int, features: FeatureConfig, hop_length: int | None = None
+) -> torchaudio.transforms.MelSpectrogram:
+    """The power mel spectrogram of the feature settings (Slaney scale and norm); `hop_length` overrides theirs."""
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate,
+        n_fft=features.n_fft,
+        hop_length=hop_length or features.hop_length,
+        f_min=features.fmin,
+        f_max=features.fmax,
+        n_mels=features.n_mels,
+        power=2.0,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+
+
 class LogMelDeltas(nn.Module):
     """`[B, T]` waveforms -> `[B, 3, n_mels, frames]`: standardised log-mel, its delta and delta-delta.
 
@@ -20,17 +37,7 @@ class LogMelDeltas(nn.Module):
 
     def __init__(self, sample_rate: int, features: FeatureConfig) -> None:
         super().__init__()
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=features.n_fft,
-            hop_length=features.hop_length,
-            f_min=features.fmin,
-            f_max=features.fmax,
-            n_mels=features.n_mels,
-            power=2.0,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        self.mel = mel_spectrogram(sample_rate, features)
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=features.top_db)
         self.deltas = torchaudio.transforms.ComputeDeltas(win_length=5)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from birdsed.atomic import atomic_open, fsync_directory
+from birdsed.atomic import atomic_open, existing_ancestor, fsync_directory
 from birdsed.config import Config, from_hyperparameters
 from birdsed.data.audio import AUDIO_SUFFIXES, AudioReadError, StreamReport, read_blocks
 from birdsed.errors import ConfigError, UserError
@@ -568,9 +568,7 @@ def check_outputs(
             raise UserError(f"{option} {path} is an existing folder; name a file in it (e.g. {path / 'out.csv'}).")
         if path.resolve() in inputs:
             raise UserError(f"{option} {path} is one of the recordings to predict; name another file.")
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
+        ancestor = existing_ancestor(path)
         if not ancestor.is_dir():
             raise UserError(f"{option} {path}: {ancestor} is a file, so the folder for the CSV cannot be created.")
         if not os.access(ancestor, os.W_OK | os.X_OK):

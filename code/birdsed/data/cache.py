@@ -297,9 +297,7 @@ def _check_output_dir(output_dir: Path) -> None:
     """Refuse an output that cannot become a folder before any work is done (one-line reasons)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(f"--output {output_dir} is an existing file, not a folder; name a new or existing folder.")
-    ancestor = output_dir.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = atomic.existing_ancestor(output_dir)
     if not ancestor.is_dir():
         raise DataError(f"--output {output_dir}: {ancestor} is a file, so the folder cannot be created there.")
     writable = output_dir if output_dir.exists() else ancestor

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from birdsed.config import FeatureConfig
 from birdsed.data.audio import pcm16_to_float
+from birdsed.features import mel_spectrogram
 from birdsed.metrics import macro_roc_auc, padded_cmap
 
 logger = logging.getLogger(__name__)
@@ -55,17 +56,7 @@ class LogMelStatistics(nn.Module):
 
     def __init__(self, sample_rate: int, features: FeatureConfig) -> None:
         super().__init__()
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=features.n_fft,
-            hop_length=max(features.hop_length, features.n_fft),
-            f_min=features.fmin,
-            f_max=features.fmax,
-            n_mels=features.n_mels,
-            power=2.0,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        self.mel = mel_spectrogram(sample_rate, features, hop_length=max(features.hop_length, features.n_fft))
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=features.top_db)
 
     @torch.no_grad()
