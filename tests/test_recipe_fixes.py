@@ -35,7 +35,7 @@ def db(ratio):
 
 @pytest.mark.parametrize("head", ["attention", "chrononet"])
 def test_a_fresh_model_starts_at_the_class_prior(head):
-    cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "head": head})
+    cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "head": head, "head_bias": "prior"})
     prior = np.array([0.5, 0.25, 0.2, 0.05])
     model = create_model(cfg, 4, class_prior=prior).eval()
     bias = model.head.sed.classifier.bias if head == "chrononet" else model.head.classifier.bias
@@ -97,11 +97,11 @@ def test_band_snr_ignores_low_frequency_rumble():
             assert float(call_to_noise) < -10.0
 
 
-def test_the_jobs_defaults_band_snr_raw_mix_prior_bias():
+def test_the_jobs_defaults_band_snr_raw_mix_zero_bias():
     from birdsed.augment import create_augmentations
 
     cfg = from_hyperparameters({})
-    assert (cfg.augment.noise_snr_reference, cfg.augment.mix_levels, cfg.model.head_bias) == ("band", "raw", "prior")
+    assert (cfg.augment.noise_snr_reference, cfg.augment.mix_levels, cfg.model.head_bias) == ("band", "raw", "zero")
     augment = create_augmentations(cfg.augment, 0)
     noises = [m for m in augment.waveform.after_mix if isinstance(m, GaussianNoise)]
     assert noises and noises[0].reference == "band" and augment.waveform.mix.levels == "raw"
