@@ -88,7 +88,8 @@ def test_a_new_lr_and_epochs_take_effect_on_resume_and_are_logged(trained, tmp_p
     # The cosine schedule ends at min_lr_ratio (0.01) x lr: the new lr's, not the checkpoint's 3e-5.
     assert re.search(r"^epoch=2 .* lr=1\.000000e-05$", output, re.MULTILINE), output[-2000:]
     state = torch.load(sorted((base / "checkpoints").glob("checkpoint-*.pt"))[-1], weights_only=True)
-    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
+    decay = {group["name"]: group["weight_decay"] for group in state["optimizer"]["param_groups"]}
+    assert decay == {"head_no_decay": 0.0, "head_decay": 0.05, "backbone_no_decay": 0.0, "backbone_decay": 0.05}
     assert state["config"]["optim"]["lr"] == 1e-3
 
 
