@@ -24,16 +24,13 @@ from birdsed.commands import predict as predict_cli
 from birdsed.config import from_hyperparameters
 from birdsed.data.synthetic import make_dataset
 from birdsed.errors import ConfigError
-from birdsed.losses import create_loss
 from birdsed.models import create_model
 from birdsed.models.backbone import create_backbone
 from birdsed.models.probe import keep_used_modules, probe
-from birdsed.optim import create_optimizer, create_scheduler
-from birdsed.training.amp import mixed_precision
-from birdsed.training.distributed import Distributed
 from birdsed.training.loop import Progress, Trainer, finish_step, forward_backward
 from birdsed.training.signals import NeverStop
 from birdsed_launch import local_job
+from cpu_trainer import cpu_trainer
 from test_distributed import free_port, toolkit_env
 
 MATRIX = [
@@ -145,23 +142,7 @@ def test_weights_saved_with_the_dropped_modules_still_load():
 
 
 def one_step_trainer(model: nn.Module, cfg) -> Trainer:
-    precision = mixed_precision("off", torch.device("cpu"))
-    optimizer = create_optimizer(model, cfg.optim)
-    return Trainer(
-        model=model,
-        loss_fn=create_loss(cfg.loss, torch.ones(CLASSES)),
-        optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch=1),
-        scaler=precision.grad_scaler(),
-        precision=precision,
-        device=torch.device("cpu"),
-        batches_per_epoch=1,
-        grad_accum_steps=1,
-        max_grad_norm=cfg.optim.max_grad_norm,
-        max_steps=0,
-        nonfinite_patience=1,
-        distributed=Distributed(0, 0, 1, torch.device("cpu")),
-    )
+    return cpu_trainer(model, cfg, CLASSES, batches_per_epoch=1)
 
 
 @pytest.mark.parametrize("backbone", MATRIX)

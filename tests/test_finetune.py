@@ -14,17 +14,14 @@ import torch
 
 from birdsed.config import from_hyperparameters
 from birdsed.errors import ConfigError
-from birdsed.losses import create_loss
 from birdsed.models import create_model
-from birdsed.optim import create_optimizer, create_scheduler
 from birdsed.training import finetune, resume_config
-from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import list_checkpoints
-from birdsed.training.distributed import Distributed
 from birdsed.training.loop import Progress, Trainer, finish_step, forward_backward
 from birdsed.training.signals import NeverStop
 from birdsed_launch import local_job
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
+from cpu_trainer import cpu_trainer
 from hub_server import COMMIT, serve_weights, timm_weights
 from tiny_data import write_wav_dataset
 
@@ -38,24 +35,7 @@ def small_config(**overrides):
 
 def make_trainer(cfg) -> Trainer:
     torch.manual_seed(0)
-    model = create_model(cfg, CLASSES)
-    precision = mixed_precision("off", torch.device("cpu"))
-    optimizer = create_optimizer(model, cfg.optim)
-    return Trainer(
-        model=model,
-        loss_fn=create_loss(cfg.loss, torch.ones(CLASSES)),
-        optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch=2),
-        scaler=precision.grad_scaler(),
-        precision=precision,
-        device=torch.device("cpu"),
-        batches_per_epoch=2,
-        grad_accum_steps=1,
-        max_grad_norm=cfg.optim.max_grad_norm,
-        max_steps=0,
-        nonfinite_patience=1,
-        distributed=Distributed(0, 0, 1, torch.device("cpu")),
-    )
+    return cpu_trainer(create_model(cfg, CLASSES), cfg, CLASSES, batches_per_epoch=2)
 
 
 def train_steps(trainer: Trainer, progress: Progress, steps: int) -> None:
