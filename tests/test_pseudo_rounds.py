@@ -94,6 +94,14 @@ def test_a_kill_in_the_middle_of_round_2_resumes_in_round_2_with_the_same_pseudo
                          output, re.MULTILINE), output[-4000:]  # fmt: skip
     assert newest_checkpoint(reference)["progress"]["step"] == 12
     assert [record["round"] for record in history(reference)] == [0, 1, 2]
+    # The model is the best epoch of every round (not of the last round), with that epoch's weights.
+    best = max(history(reference), key=lambda record: record["val_soundscape_auc"])
+    metrics = json.loads((reference / "output" / "data" / "metrics.json").read_text())
+    assert (metrics["best"]["epoch"], metrics["best"]["round"]) == (best["epoch"], best["round"])
+    assert_same_weights(
+        torch.load(reference / "model" / "model.pt", weights_only=True),
+        torch.load(reference / "checkpoints" / "best_model_all_rounds.pt", weights_only=True),
+    )
 
     base = opt_ml(tmp_path / "killed", channels)
     killed = run(base, str(FAULT_RUNNER), "--kill-after-step", "10")

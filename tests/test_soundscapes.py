@@ -28,7 +28,7 @@ from birdsed.models import create_model
 from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
 from birdsed.smoothing import smooth_windows
-from birdsed.training import outputs, pseudo, rounds, selection
+from birdsed.training import job, outputs, pseudo, rounds, selection
 from birdsed.training.distributed import Distributed
 from birdsed.training.soundscape_validation import evaluate_soundscapes, load, shard_by_load, window_scores
 from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
@@ -364,6 +364,25 @@ def test_a_round_with_few_kept_windows_says_so(caplog):
     assert "only 4 window(s) reached pseudo_threshold=0.5, so each is drawn about 10 times per epoch" in caplog.text
     rounds.warn_about_repeats(cfg, kept=0, items_per_epoch=96, number=2)
     assert "Round 2: no soundscape window reached pseudo_threshold=0.5" in caplog.text
+
+
+def test_the_best_epoch_of_every_round_is_kept_and_an_earlier_rounds_win_is_said(caplog):
+    metric = "val_soundscape_auc"
+    history = [{"epoch": 1, "round": 0, metric: 0.8}, {"epoch": 2, "round": 0, metric: 0.9}]
+    assert job.best_of_all_rounds(history, metric)
+    history.append({"epoch": 3, "round": 1, metric: 0.85})  # best of round 1, not of the job
+    assert not job.best_of_all_rounds(history, metric)
+    history.append({"epoch": 4, "round": 1, metric: 0.9})  # equal is not better: the first of equals stays
+    assert not job.best_of_all_rounds(history, metric)
+    assert job.best_of_all_rounds([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric)
+
+    best = selection.best_record(history, metric)
+    assert (best["epoch"], best["round"]) == (2, 0)
+    rounds.log_round_choice(history, best, metric)
+    assert "The model is round 0's (val_soundscape_auc=0.9000): the last round, 1, scored at most" in caplog.text
+    caplog.clear()
+    rounds.log_round_choice(history[:2], history[1], metric)
+    assert not caplog.text
 
 
 def test_mixed_items_carry_the_pseudo_window_and_its_soft_target(tmp_path):

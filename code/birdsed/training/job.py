@@ -43,7 +43,10 @@ from birdsed.training.signals import StopRequest
 logger = logging.getLogger(__name__)
 metrics_logger = logging.getLogger("birdsed.metrics")
 
-BEST_WEIGHTS_FILE = "best_model.pt"
+BEST_WEIGHTS_FILE = "best_model.pt"  # the best epoch of the current round: where the next round starts
+# With pseudo-label rounds, the best epoch of every round so far: what the job delivers. A round can score
+# below an earlier one (few or wrong pseudo-labels), and the user asked for the best model, not the last round's.
+BEST_OF_ALL_ROUNDS_FILE = "best_model_all_rounds.pt"
 
 
 @dataclass
@@ -266,7 +269,16 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     if job.distributed.is_main:
         if improved:
             atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+        if job.cfg.soundscapes.pseudo_rounds and best_of_all_rounds(progress.history, job.reference.metric):
+            atomic_save(state["model"], job.env.checkpoint_dir / BEST_OF_ALL_ROUNDS_FILE)
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
+
+
+def best_of_all_rounds(history: list[dict], metric: str) -> bool:
+    """Whether the newest record scores above every earlier one (or nothing is scored: the latest is kept)."""
+    score = selection.selection_score(history[-1], metric)
+    earlier = [selection.selection_score(record, metric) for record in history[:-1]]
+    return math.isnan(score) or all(math.isnan(value) or score > value for value in earlier)
 
 
 def write_checkpoint(job: Job, progress: Progress) -> None:
@@ -389,8 +401,8 @@ def check_compatible(state: dict, job: Job) -> None:
 
 
 def finish(job: Job, progress: Progress) -> dict:
-    """Write the best weights, labels and config to the model dir, and the metrics history."""
-    best = selection.best_record(rounds.round_history(progress.history, progress.round), job.reference.metric)
+    """Write the best weights (of every round), labels and config to the model dir, and the metrics history."""
+    best = selection.best_record(progress.history, job.reference.metric)
     if not job.distributed.is_main:
         return best or {}
     env = job.env
@@ -411,10 +423,12 @@ def finish(job: Job, progress: Progress) -> dict:
     outputs.write_metrics(env.output_data_dir, progress.history, best, summary)
     job.reporter.finish(progress.history, best, job.reference.plot_lines())
     if best is not None:
+        in_round = f" of round {best['round']}" if "round" in best else ""
         logger.info(
-            "Model written to %s (best epoch=%d by %s: %s)",
-            env.model_dir, best["epoch"], job.reference.metric, selection.describe_scores(best, job.reference.metric),
+            "Model written to %s (best epoch=%d%s by %s: %s)", env.model_dir, best["epoch"], in_round,
+            job.reference.metric, selection.describe_scores(best, job.reference.metric),
         )  # fmt: skip
+        rounds.log_round_choice(progress.history, best, job.reference.metric)
     return best or {}
 
 
@@ -426,7 +440,8 @@ def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
     loads: a finished run never ends in an internal error, nor without a model.
     """
     current = unwrap(job.trainer.model).state_dict()
-    path = job.env.checkpoint_dir / BEST_WEIGHTS_FILE
+    name = BEST_OF_ALL_ROUNDS_FILE if job.cfg.soundscapes.pseudo_rounds else BEST_WEIGHTS_FILE
+    path = job.env.checkpoint_dir / name
     if not path.is_file():
         return current
     try:

@@ -182,6 +182,21 @@ def round_history(history: list[dict], round_number: int) -> list[dict]:
     return [record for record in history if record.get("round", 0) == round_number]
 
 
+def log_round_choice(history: list[dict], best: dict, metric: str) -> None:
+    """Say so when an earlier round's model beats the last round's: the rounds did not help this job."""
+    last = max(record.get("round", 0) for record in history)
+    chosen = best.get("round", 0)
+    if chosen == last:
+        return
+    last_best = selection.best_record(round_history(history, last), metric)
+    logger.warning(
+        "The model is round %d's (%s=%.4f): the last round, %d, scored at most %s=%.4f; more rounds did not help "
+        "this job (see docs/soundscapes.md for pseudo_threshold and pseudo_p)",
+        chosen, metric, selection.selection_score(best, metric), last, metric,
+        selection.selection_score(last_best, metric) if last_best else float("nan"),
+    )  # fmt: skip
+
+
 # ---- between rounds ----
 
 
