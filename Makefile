@@ -26,8 +26,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), one test file per process at a time, so that the
+# module fixtures that train a model run once: most tests use under one core (tiny models, subprocesses
+# starting), so two processes on CI's 2 cores take about half the time (docs/development.md).
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The CUDA paths on one GPU in under 8 minutes, with the machine's own Python (no .venv, no setup);
 # without CUDA, the same checks as a CPU smoke run. GPU_CHECK_ARGS="--wheels DIR ..." passes options.

@@ -36,6 +36,14 @@ def no_hugging_face_hub(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def own_master_port(monkeypatch):
+    """Each test's distributed jobs rendezvous on a port of their own: `make test` runs tests in parallel
+    (pytest-xdist), and two jobs on torchrun's default port would join each other's process group."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """6 species x 10 recordings, mixed formats and sample rates."""
