@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements-dev.txt launch/requirements.txt constraints.txt pyproject.toml
 
-.PHONY: setup demo test lint format clean gpu-check docs
+.PHONY: setup demo test test-all lint format clean gpu-check docs
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: setup
 TEST_WORKERS ?= 2
 
 test: lint
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not extended"
+
+# Everything, the `extended` variants too (a few minutes more).
+test-all: lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The CUDA paths on one GPU in under 8 minutes, with the machine's own Python (no .venv, no setup);

@@ -62,6 +62,7 @@ def test_toolkit_trains_a_model_that_learns(tmp_path, synthetic_dataset):
     assert len(list((tmp_path / "checkpoints").glob("checkpoint-*.pt"))) == 3
 
 
+@pytest.mark.extended  # test_distributed.py and test_resume_changes.py resume a finished job with more epochs too
 def test_restart_resumes_from_the_checkpoint(tmp_path, synthetic_dataset):
     first = run_job(tmp_path, {"train": synthetic_dataset}, epochs=2)
     assert first.returncode == 0, first.stdout[-3000:]
