@@ -29,40 +29,13 @@ from pathlib import Path
 import torch
 
 from birdsed import predict
-from birdsed.config import TINY_HYPERPARAMETERS
 from birdsed.data.soundscapes import labelled_windows
-from birdsed.data.synthetic import make_dataset, make_soundscapes
 from birdsed.training.distributed import Distributed
 from birdsed.training.soundscape_validation import evaluate_soundscapes, load
-from birdsed_launch import local_job
+from birdsed_launch import demo, local_job
 from birdsed_launch.local_job import REPO_ROOT
 
-SPECIES = 6
 ROUND_LINE = re.compile(r"^round=\d+ pseudo_windows=\d+ kept=\d+ mean_confidence=\S+$", re.MULTILINE)
-
-
-def make_data(workdir: Path, seed: int, soundscape_rate: int) -> dict[str, Path]:
-    """The focal dataset and the three soundscape sets (generated once per workdir and seed)."""
-    data = workdir / f"data-seed{seed}"
-    sets = {
-        "train": lambda path: make_dataset(path, species=SPECIES, recordings_per_species=12, seed=seed),
-        "dev": lambda path: make_soundscapes(
-            path, SPECIES, files=8, seconds=60, sample_rate=soundscape_rate, seed=1000 + seed
-        ),
-        "unlabelled": lambda path: make_soundscapes(
-            path, SPECIES, files=32, seconds=60, sample_rate=soundscape_rate, labelled=False, seed=2000 + seed
-        ),
-        "test": lambda path: make_soundscapes(
-            path, SPECIES, files=16, seconds=60, sample_rate=soundscape_rate, seed=3000 + seed
-        ),
-    }
-    for name, make in sets.items():
-        done = data / f".{name}.done"
-        if not done.exists():
-            print(f"# generating {name} in {data / name}", file=sys.stderr, flush=True)
-            make(data / name)
-            done.touch()
-    return {name: data / name for name in sets}
 
 
 def train(base: Path, channels: dict[str, Path], hyperparameters: dict[str, object]) -> tuple[Path, str, float]:
@@ -87,19 +60,17 @@ def score(model_dir: Path, test_dir: Path) -> dict[str, float]:
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     """The three jobs on one seed's data; prints their figures, returns their held-out window AUCs."""
-    data = make_data(args.workdir, seed, soundscape_rate=32000)
+    data = demo.make_data(args.workdir, seed, sets=("train", "dev", "unlabelled", "test"))
     common = {
-        **TINY_HYPERPARAMETERS,
+        **demo.FOCAL_HYPERPARAMETERS,
         "backbone": args.backbone,
         "sample_rate": args.sample_rate,
         "fmax": min(14000, args.sample_rate // 2),
         "epochs": args.epochs,
         "seed": seed,
-        "val_fraction": 0.2,
-        "select_metric": "val_soundscape_auc",
         **local_job.parse_hyperparameters(args.hp),
     }
-    rounds = {"pseudo_rounds": 2, "pseudo_epochs": args.pseudo_epochs}
+    rounds = {**demo.ROUNDS_HYPERPARAMETERS, "pseudo_epochs": args.pseudo_epochs}
     jobs = {
         "rounds0": ({}, {}),
         "rounds0_long": ({"epochs": args.epochs + 2 * args.pseudo_epochs}, {}),
@@ -131,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
     parser.add_argument("--backbone", default="test_efficientnet")
     parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--pseudo-epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=demo.FOCAL_HYPERPARAMETERS["epochs"])
+    parser.add_argument("--pseudo-epochs", type=int, default=demo.ROUNDS_HYPERPARAMETERS["pseudo_epochs"])
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="more hyperparameters")
     parser.add_argument("--only", choices=("rounds0", "rounds0_long", "rounds2"), action="append")
     args = parser.parse_args(argv)

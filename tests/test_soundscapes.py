@@ -455,6 +455,8 @@ def test_the_learning_rate_schedule_restarts_every_round():
     assert rates[50] == pytest.approx(1.0) and rates[59] < 0.03 and rates[79] < 0.03
     assert rounds.end_epoch(cfg, 0) == 4 and rounds.end_epoch(cfg, 2) == 8
     assert rounds.create_scheduler(create_optimizer(create_model(cfg, 2), cfg.optim), cfg, steps).state_dict() == {}
+    scaled = learning_rates(from_hyperparameters({**cfg.hyperparameters(), "pseudo_lr_scale": 0.25}), steps, 80)
+    assert scaled[:40] == rates[:40] and scaled[40:] == pytest.approx([rate * 0.25 for rate in rates[40:]])
 
 
 def test_the_backbone_follows_each_rounds_schedule_at_its_scale():

@@ -513,6 +513,16 @@ class SoundscapeConfig:
     pseudo_epochs: int = field(
         default=0, metadata=_range(0, 100000, help="Epochs per pseudo-label round; 0: as many as `epochs`.")
     )
+    # A round starts from trained weights: a full-size peak rate re-fits them to the focal clips first.
+    pseudo_lr_scale: float = field(
+        default=1.0,
+        metadata=_range(
+            0.0,
+            1.0,
+            low_open=True,
+            help="Peak learning rate of the rounds >= 1, as a fraction of `lr` (round 0 uses `lr`).",
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ class RoundScheduler(Scheduler):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> None:
-        self.spans: list[tuple[int, CosineLRScheduler]] = []  # (first update, that round's schedule)
+        # (first update, that round's schedule, the scale of its rates)
+        self.spans: list[tuple[int, CosineLRScheduler, float]] = []
         start = 0
         for number in range(cfg.soundscapes.pseudo_rounds + 1):
             length = (cfg.optim.epochs if number == 0 else pseudo_epochs(cfg)) * steps_per_epoch
@@ -125,13 +126,14 @@ class RoundScheduler(Scheduler):
             if length <= 0:
                 break
             warmup = warmup_steps(cfg.optim, steps_per_epoch, length)
-            self.spans.append((start, cosine_scheduler(optimizer, cfg.optim, length, warmup)))
+            scale = 1.0 if number == 0 else cfg.soundscapes.pseudo_lr_scale
+            self.spans.append((start, cosine_scheduler(optimizer, cfg.optim, length, warmup), scale))
             start += length
         super().__init__(optimizer, "lr", t_in_epochs=False)
 
     def _get_lr(self, t: int) -> list[float]:
-        start, schedule = next((span for span in reversed(self.spans) if span[0] <= t), self.spans[0])
-        return schedule._get_lr(t - start)
+        start, schedule, scale = next((span for span in reversed(self.spans) if span[0] <= t), self.spans[0])
+        return [rate * scale for rate in schedule._get_lr(t - start)]
 
     def state_dict(self) -> dict:
         return {}  # nothing beyond the update count (and no objects: checkpoints load with weights_only)
