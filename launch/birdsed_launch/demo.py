@@ -18,27 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from birdsed.config import TINY_HYPERPARAMETERS
 from birdsed.data.synthetic import make_dataset, make_soundscapes
 from birdsed_launch import local_job
 from birdsed_launch.local_job import REPO_ROOT
 
 SPECIES = 6
 DEMO_SEED = 0
-# Minutes on a CPU: timm's smallest EfficientNet (test_efficientnet, random init: the demo downloads
-# nothing) on 3 s crops at 16 kHz, 48 mel bands. Real jobs use efficientnet_b0 and up, pretrained.
+# Minutes on a CPU: the tests' tiny settings (birdsed.config.TINY_HYPERPARAMETERS): timm's smallest EfficientNet
+# (test_efficientnet, random init: the demo downloads nothing) on 3 s crops at 16 kHz, 48 mel bands, batch 16,
+# and one crop per training recording per epoch (min_epoch_crops=0: the demo's minutes are budgeted in epochs).
+# Real jobs use efficientnet_b0 and up, pretrained.
 FOCAL_HYPERPARAMETERS = {
-    "backbone": "test_efficientnet",
-    "pretrained": "false",
-    "sample_rate": 16000,
-    "fmax": 8000,
-    "n_mels": 48,
-    "n_fft": 1024,
-    "hop_length": 256,
-    "duration": 3,
-    "batch_size": 16,
-    "lr": 3e-3,
-    # One crop per training recording per epoch (72): the demo's minutes are budgeted in epochs.
-    "min_epoch_crops": 0,
+    **TINY_HYPERPARAMETERS,
     "epochs": 15,
     "val_fraction": 0.2,
     "seed": DEMO_SEED,
