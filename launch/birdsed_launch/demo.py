@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     best = metrics["best"]
     print(f"\nDemo finished in {minutes:.1f} min.")
     print(f"Model: {base / 'model'} (model.pt, model.pt2, labels.json, config.json)")
-    print(f"Best epoch {best['epoch']}: val_cmap={best['val_cmap']:.4f} val_auc={best['val_auc']:.4f}")
+    scores = f"val_cmap={best['val_cmap']:.4f} val_auc={best['val_auc']:.4f}"
+    print(f"Best epoch {best['epoch']} (round {best.get('round', 0)}): {scores}")
     print(f"Soundscape windows, best epoch of each round: {round_summary(metrics['history'])}")
     return 0
 
