@@ -374,7 +374,9 @@ def test_the_best_epoch_of_every_round_is_kept_and_an_earlier_rounds_win_is_said
     assert not job.best_of_all_rounds(history, metric)
     history.append({"epoch": 4, "round": 1, metric: 0.9})  # equal is not better: the first of equals stays
     assert not job.best_of_all_rounds(history, metric)
-    assert job.best_of_all_rounds([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric)
+    # An unscored epoch is not what finish delivers while others are scored; with none scored, the latest is.
+    assert not job.best_of_all_rounds([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric)
+    assert job.best_of_all_rounds([{"epoch": 1, "round": 0}, {"epoch": 2, "round": 1}], metric)
 
     best = selection.best_record(history, metric)
     assert (best["epoch"], best["round"]) == (2, 0)

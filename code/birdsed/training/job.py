@@ -275,10 +275,8 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
 
 
 def best_of_all_rounds(history: list[dict], metric: str) -> bool:
-    """Whether the newest record scores above every earlier one (or nothing is scored: the latest is kept)."""
-    score = selection.selection_score(history[-1], metric)
-    earlier = [selection.selection_score(record, metric) for record in history[:-1]]
-    return math.isnan(score) or all(math.isnan(value) or score > value for value in earlier)
+    """Whether the newest record is the one `finish` will deliver (the rule of `selection.best_record`)."""
+    return selection.best_record(history, metric) is history[-1]
 
 
 def write_checkpoint(job: Job, progress: Progress) -> None:

@@ -194,8 +194,8 @@ def log_round_choice(history: list[dict], best: dict, metric: str) -> None:
     logger.warning(
         "The model is round %d's (%s=%.4f): the last round, %d, scored at most %s=%.4f; more rounds did not help "
         "this job (see docs/soundscapes.md for pseudo_threshold and pseudo_p)",
-        chosen, metric, selection.selection_score(best, metric), last, metric,
-        selection.selection_score(last_best, metric) if last_best else float("nan"),
+        chosen, metric, selection.selection_score(best, metric),
+        last, metric, selection.selection_score(last_best, metric),
     )  # fmt: skip
 
 
