@@ -5,7 +5,7 @@
 
 Runs on a bare Python with torch, torchaudio, timm, numpy, pandas, scikit-learn, scipy, tensorboard,
 matplotlib, tqdm and psutil installed; no project `.venv`, no launcher, no internet. The rest
-(soundfile, cffi, pycparser, optionally the sagemaker-training toolkit and its dependencies) comes
+(soundfile, cffi, pycparser, soxr, optionally the sagemaker-training toolkit and its dependencies) comes
 from a folder of wheels, installed into a private folder of this run (see docs/gpu-check.md).
 
 Without CUDA (`--device cpu`, or `auto` on a machine without a GPU) the same checks run on the CPU
@@ -43,7 +43,7 @@ CODE_DIR = REPO_ROOT / "code"
 SCRIPT = Path(__file__).resolve()
 WHEEL_DIRS = ("gpu_wheels", "shared/wheels", "../shared/wheels")
 # Needed by every check (decoding audio); the toolkit is optional: without it, jobs start as it would start them.
-REQUIRED_MODULES = ("soundfile",)
+REQUIRED_MODULES = ("soundfile", "soxr")  # what birdsed imports that the GPU machine lacks
 RESULT_PREFIX = "GPU_CHECK_RESULT "
 LOG_TAIL = 25  # lines of a failed child's log printed under its FAIL line
 
@@ -236,6 +236,15 @@ def installed(distribution: str) -> bool:
     return True
 
 
+def importable(module: str, site: Path) -> bool:
+    """Whether the children can import `module`: from this Python or from the run's private wheels.
+
+    This process never puts `site` on its own path, so it asks both places.
+    """
+    in_site = importlib.machinery.PathFinder.find_spec(module, [str(site)]) is not None
+    return in_site or importlib.util.find_spec(module) is not None
+
+
 def child_environment(site: Path | None, device: str) -> dict[str, str]:
     """The environment of every child: birdsed from code/, the private wheels, nothing from the caller's paths."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "SM_", "SAGEMAKER_"))}
@@ -250,7 +259,7 @@ def child_environment(site: Path | None, device: str) -> dict[str, str]:
 
 def check_setup(ctx: Context, installed_wheels: list[str]) -> dict:
     """The wheels, the versions, and the generated dataset every later check uses (one child)."""
-    missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+    missing = [name for name in REQUIRED_MODULES if not importable(name, ctx.work / "site")]
     require(not missing, f"missing {', '.join(missing)}: bring the wheels (docs/gpu-check.md) and pass --wheels DIR")
     plan = ctx.plan
     figures = run_step(
@@ -492,8 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         installed_wheels = install_wheels(find_wheel_dir(args.wheels), site)
         # The children see the private wheels (child_environment); this process only asks whether they hold it.
-        in_site = importlib.machinery.PathFinder.find_spec("sagemaker_training", [str(site)]) is not None
-        if in_site or importlib.util.find_spec("sagemaker_training") is not None:
+        if importable("sagemaker_training", site):
             ctx.launcher = "toolkit"
     except CheckFailed as failure:
         installed_wheels = [f"failed: {failure}"]

@@ -85,3 +85,7 @@ def test_wheels_install_offline_into_the_run_folder_and_never_shadow_installed_p
     assert gpu_check.install_wheels(wheels, site) == ["birdsed-wheel-probe"]
     assert (site / "birdsed_wheel_probe.py").is_file()
     assert not (site / "numpy.py").exists()
+    # This process never has `site` on its path; the setup check must still see what the children will import.
+    assert gpu_check.importable("birdsed_wheel_probe", site)
+    assert gpu_check.importable("numpy", site)
+    assert not gpu_check.importable("birdsed_not_a_module", site)
