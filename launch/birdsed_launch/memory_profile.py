@@ -21,7 +21,7 @@ from birdsed.config import TINY_HYPERPARAMETERS
 from birdsed.data.synthetic import make_dataset
 from birdsed_launch import local_job
 
-MEMORY_LINE = re.compile(r"memory epoch=(\d+) rss_mb=(\d+) workers_rss_mb=(\d+) peak_rss_mb=(\d+)")
+MEMORY_LINE = re.compile(r"memory epoch=(\d+) rss_mb=(\d+) workers_rss_mb=(\d+) peak_rss_mb=(\d+) workers_uss_mb=(\d+)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"epochs={len(rows)}")
     print(f"rss_mb_epoch_1={rows[0][1]} rss_mb_epoch_2={second[1]} rss_mb_last={last[1]}")
     print(f"workers_rss_mb_epoch_2={second[2]} workers_rss_mb_last={last[2]}")
+    print(f"workers_uss_mb_epoch_2={second[4]} workers_uss_mb_last={last[4]}")
     print(f"rss_growth_mb={last[1] - second[1]} workers_rss_growth_mb={last[2] - second[2]}")
+    print(f"workers_uss_growth_mb={last[4] - second[4]}")
     print(f"peak_rss_mb={max(row[3] for row in rows)}")
     return 0
 
