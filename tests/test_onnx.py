@@ -115,6 +115,15 @@ def test_every_job_writes_a_checked_model_onnx(model_dir, job):
     assert {"MatMul", "Log"} <= operators and "STFT" not in operators  # the front end is in the graph, as matmuls
 
 
+def test_the_exported_wrapper_is_in_eval_mode_even_for_a_model_in_training_mode(loaded):
+    model = loaded.model.train()
+    try:
+        wrapper = export.OnnxOutputs(model)
+    finally:
+        model.eval()
+    assert not any(module.training for module in wrapper.modules())
+
+
 @pytest.mark.parametrize("batch", [1, 5])
 def test_onnx_matches_torch_on_random_audio(loaded, session, batch):
     waveform = (0.3 * np.random.default_rng(batch).standard_normal((batch, DURATION * SAMPLE_RATE))).astype(np.float32)

@@ -138,6 +138,7 @@ class OnnxOutputs(nn.Module):
         self.model = copy.deepcopy(model).cpu().eval()
         self.model.frontend.mel = DftMelSpectrogram(self.model.frontend.mel)
         self.model.frontend.deltas = SliceDeltas()
+        self.eval()  # the wrapper too: torch.onnx.export warns about (and would trace) a module in training mode
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.model(waveform)
