@@ -17,6 +17,7 @@ from birdsed.commands import train as train_command
 from birdsed.config import from_hyperparameters
 from birdsed.errors import ConfigError
 from birdsed.training import resume_config
+from birdsed.training.checkpoint import atomic_save, list_checkpoints
 from conftest import FAST_HYPERPARAMETERS
 from tiny_data import write_wav_dataset
 
@@ -135,3 +136,15 @@ def test_the_split_settings_may_change_with_a_validation_channel(tmp_path, caplo
     caplog.set_level(logging.INFO)
     resume_config.check_settings(saved, from_hyperparameters({**FIRST, "seed": 4}), tmp_path, automatic_split=False)
     assert "resume: seed 3 -> 4" in caplog.text
+
+
+def test_a_checkpoint_of_an_earlier_version_with_best_score_in_its_progress_resumes(trained, tmp_path, capsys):
+    """Progress no longer carries the round's best score (the history gives it); old checkpoints still load."""
+    base = copy_of(trained, tmp_path)
+    newest = list_checkpoints(base / "checkpoints")[-1]
+    state = torch.load(newest, weights_only=True)
+    state["progress"]["best_score"] = 0.5
+    atomic_save(state, newest)
+    assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments({**FIRST, "epochs": 2})) == 0
+    assert "Resumed at epoch=2 batch=0" in capsys.readouterr().out
+    assert (base / "model" / "model.pt").is_file()

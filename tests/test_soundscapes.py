@@ -369,14 +369,20 @@ def test_a_round_with_few_kept_windows_says_so(caplog):
 def test_the_best_epoch_of_every_round_is_kept_and_an_earlier_rounds_win_is_said(caplog):
     metric = "val_soundscape_auc"
     history = [{"epoch": 1, "round": 0, metric: 0.8}, {"epoch": 2, "round": 0, metric: 0.9}]
-    assert job.best_of_all_rounds(history, metric)
+    assert job.newest_is_best(history, metric)
     history.append({"epoch": 3, "round": 1, metric: 0.85})  # best of round 1, not of the job
-    assert not job.best_of_all_rounds(history, metric)
+    assert not job.newest_is_best(history, metric)
     history.append({"epoch": 4, "round": 1, metric: 0.9})  # equal is not better: the first of equals stays
-    assert not job.best_of_all_rounds(history, metric)
+    assert not job.newest_is_best(history, metric)
     # An unscored epoch is not what finish delivers while others are scored; with none scored, the latest is.
-    assert not job.best_of_all_rounds([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric)
-    assert job.best_of_all_rounds([{"epoch": 1, "round": 0}, {"epoch": 2, "round": 1}], metric)
+    assert not job.newest_is_best([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric)
+    assert job.newest_is_best([{"epoch": 1, "round": 0}, {"epoch": 2, "round": 1}], metric)
+
+    # Within a round (best_model.pt): an unscored epoch after a scored one is not the round's best either.
+    assert job.newest_is_best(history[:3], metric, 1)
+    assert not job.newest_is_best([*history, {"epoch": 5, "round": 1, metric: float("nan")}], metric, 1)
+    assert job.newest_is_best([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric, 2)
+    assert not job.newest_is_best([{"epoch": 1, metric: 0.7}, {"epoch": 2, metric: float("nan")}], metric, 0)
 
     best = selection.best_record(history, metric)
     assert (best["epoch"], best["round"]) == (2, 0)

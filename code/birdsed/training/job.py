@@ -257,26 +257,27 @@ def format_metrics(record: dict) -> str:
 
 
 def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
-    """Record the epoch, keep the best weights, write a checkpoint."""
+    """Record the epoch, keep the best weights (of this round, and of the job), write a checkpoint."""
     progress.history.append(record)
     progress.start_epoch(record["epoch"])
-    score = selection.selection_score(record, job.reference.metric)
-    # Without validation data there is no "best": the latest weights are kept.
-    improved = math.isnan(score) or score > progress.best_score
-    if improved:
-        progress.best_score = -math.inf if math.isnan(score) else score
+    metric = job.reference.metric
+    # Both files follow `selection.best_record`, the rule `finish` and the next round use, so that the weights
+    # kept are always those of the epoch whose scores are reported (without validation: the latest).
+    round_best = newest_is_best(progress.history, metric, progress.round)
+    job_best = job.cfg.soundscapes.pseudo_rounds and newest_is_best(progress.history, metric)
     state = checkpoint_state(job, progress)  # collective: every process contributes its RNG state
     if job.distributed.is_main:
-        if improved:
+        if round_best:
             atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
-        if job.cfg.soundscapes.pseudo_rounds and best_of_all_rounds(progress.history, job.reference.metric):
+        if job_best:
             atomic_save(state["model"], job.env.checkpoint_dir / BEST_OF_ALL_ROUNDS_FILE)
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
 
 
-def best_of_all_rounds(history: list[dict], metric: str) -> bool:
-    """Whether the newest record is the one `finish` will deliver (the rule of `selection.best_record`)."""
-    return selection.best_record(history, metric) is history[-1]
+def newest_is_best(history: list[dict], metric: str, round_number: int | None = None) -> bool:
+    """Whether the newest record is the one `selection.best_record` picks, in its round or (None) in the job."""
+    candidates = history if round_number is None else rounds.round_history(history, round_number)
+    return selection.best_record(candidates, metric) is history[-1]
 
 
 def write_checkpoint(job: Job, progress: Progress) -> None:
@@ -389,7 +390,8 @@ def resume(job: Job) -> Progress:
         trainer.scaler.load_state_dict(state["scaler"])
     # The same number of processes continues exactly; a different number continues from the same
     # weights and position with fresh per-process randomness.
-    progress = Progress(**state["progress"])
+    # Checkpoints of earlier versions carry the round's best score; the history gives it now.
+    progress = Progress(**{key: value for key, value in state["progress"].items() if key != "best_score"})
     saved_batch_size = state["config"]["optim"]["batch_size"]
     progress.batches_done = resume_config.batches_in_new_size(progress.batches_done, saved_batch_size, optim.batch_size)
     if state["world_size"] == job.distributed.world_size:

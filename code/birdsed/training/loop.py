@@ -41,7 +41,6 @@ class Progress:
     epoch_loss_batches: int = 0
     nonfinite_steps: int = 0  # skipped in the whole run
     consecutive_nonfinite: int = 0
-    best_score: float = -math.inf  # of the current round's epochs
     history: list[dict] = field(default_factory=list)
     round: int = 0  # pseudo-label round (birdsed.training.rounds); 0: the focal data only
 

@@ -234,7 +234,7 @@ def start_next_round(job: Job, progress: Progress, stop: StopRequest, best_weigh
             f"the soundscapes for round {number}; the checkpoint of round {number - 1}'s end is kept and a "
             "restarted job redoes the pass. No model was written."
         )
-    progress.round, progress.best_score = number, -math.inf
+    progress.round = number
     use_pseudo_labels(job, labels)
     trainer.optimizer.state.clear()  # fresh moments: the round starts from other weights
     trainer.optimizer.zero_grad(set_to_none=True)
