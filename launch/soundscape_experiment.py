@@ -68,8 +68,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         "fmax": min(14000, args.sample_rate // 2),
         "epochs": args.epochs,
         "seed": seed,
-        **local_job.parse_hyperparameters(args.hp),
     }
+    overrides = local_job.parse_hyperparameters(args.hp)  # last: --hp wins over the round settings too
     rounds = {**demo.ROUNDS_HYPERPARAMETERS, "pseudo_epochs": args.pseudo_epochs}
     jobs = {
         "rounds0": ({}, {}),
@@ -82,7 +82,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             continue
         base = args.workdir / f"seed{seed}" / name
         channels = {"train": data["train"], "soundscape_validation": data["dev"], **channels}
-        model_dir, log, minutes = train(base, channels, {**common, **extra})
+        model_dir, log, minutes = train(base, channels, {**common, **extra, **overrides})
         scores = score(model_dir, data["test"])
         prefix = f"seed{seed}_{name}"
         for line in ROUND_LINE.findall(log):
