@@ -103,6 +103,33 @@ def test_auto_downloads_once_into_the_checkpoint_dir_and_a_restart_uses_that_cop
     assert again == found
 
 
+def test_a_damaged_kept_copy_is_removed_and_fetched_again(tmp_path, weights, caplog):
+    """E.g. a checkpoint sync cut short: the restart must not train from a truncated file, nor give up."""
+    with serve_weights(REPO, weights) as server:
+        found = resolve_weights(AUTO, None, settings(server.url, tmp_path), tmp_path / "checkpoints")
+        complete = found.path.read_bytes()
+        found.path.write_bytes(complete[: len(complete) // 2])
+        again = resolve_weights(TRUE, None, settings(server.url, tmp_path), tmp_path / "checkpoints")
+        assert again == found and found.path.read_bytes() == complete
+        assert len(server.downloads()) == 2
+    assert "The weights kept from an earlier start" in caplog.text and "are not usable" in caplog.text
+
+
+def test_a_damaged_copy_in_huggingface_hubs_cache_is_not_used_and_the_reason_says_both(tmp_path, weights, caplog):
+    with serve_weights(REPO, weights) as server:
+        cached = hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "hf-cache", endpoint=server.url)
+    blob = hub.Path(cached).resolve()
+    blob.write_bytes(blob.read_bytes()[:1000])
+    offline = settings("http://unused", tmp_path, offline=True)
+    assert resolve_weights(AUTO, None, offline, tmp_path / "checkpoints") == RANDOM
+    assert "HF_HUB_OFFLINE is set, and the copy in huggingface_hub's cache" in caplog.text
+    with pytest.raises(DataError) as raised:
+        resolve_weights(TRUE, None, offline, tmp_path / "checkpoints")
+    message = str(raised.value)
+    assert "is not usable" in message and "HF_HUB_OFFLINE is set" in message and "\n" not in message
+    assert blob.is_file()  # huggingface_hub's cache is left as it is
+
+
 def test_the_channel_comes_first_and_false_never_asks(tmp_path, weights):
     channel = tmp_path / "channel"
     channel.mkdir()

@@ -104,16 +104,26 @@ def from_hub(backbone: str, settings: HubSettings, keep_dir: Path) -> Pretrained
         raise hub.HubUnavailable(f"is not asked: timm knows no Hugging Face weights for '{backbone}'")
     kept = kept_file(repo, keep_dir)
     if kept is not None:
-        logger.info("Using %s, kept from an earlier start of this job (the Hub is not asked again)", kept[1])
-        return checked(backbone, *kept)
+        damage = unusable(kept[1], backbone)
+        if damage is None:
+            logger.info("Using %s, kept from an earlier start of this job (the Hub is not asked again)", kept[1])
+            return PretrainedWeights("hub", kept[1], kept[0].name)
+        # E.g. a checkpoint sync cut short: the copy goes, and the Hub is asked as on a first start.
+        shutil.rmtree(kept[1].parent, ignore_errors=True)
+        logger.warning("The weights kept from an earlier start, %s, are not usable (%s): removed", kept[1], damage)
     try:
         file = hub.first_contact(repo, settings)
     except hub.HubUnavailable as error:
         cached = hub.in_cache(repo, settings)
         if cached is None:
             raise
+        damage = unusable(cached[1], backbone)
+        if damage is not None:  # huggingface_hub's cache is not ours to delete
+            raise hub.HubUnavailable(
+                f"{error}, and the copy in huggingface_hub's cache, {cached[1]}, is not usable ({damage})"
+            ) from None
         logger.warning("The Hugging Face Hub %s; using the copy in huggingface_hub's cache, %s", error, cached[1])
-        return checked(backbone, *cached)
+        return PretrainedWeights("hub", cached[1], cached[0].name)
     return checked(backbone, file, fetch(file, settings, keep_dir))
 
 
@@ -140,11 +150,18 @@ def fetch(file: hub.HubFile, settings: HubSettings, keep_dir: Path) -> Path:
 
 
 def checked(backbone: str, file: hub.HubFile, path: Path) -> PretrainedWeights:
-    """The Hub's file gets the channel's checks; a file that fails them is removed (a restart fetches it again)."""
+    """The downloaded file gets the channel's checks; a file that fails them is removed (a restart fetches it again)."""
+    damage = unusable(path, backbone)
+    if damage is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise hub.HubUnavailable(f"served a file that is not usable weights ({damage})")
+    return PretrainedWeights("hub", path, file.name)
+
+
+def unusable(path: Path, backbone: str) -> str | None:
+    """Why the file at `path` is not weights of `backbone` (the channel's checks), or None."""
     try:
         weights_file.read_shapes(path, backbone)
     except DataError as error:
-        if HUB_WEIGHTS_DIR in path.parts:
-            shutil.rmtree(path.parent, ignore_errors=True)
-        raise hub.HubUnavailable(f"served a file that is not usable weights ({error})") from None
-    return PretrainedWeights("hub", path, file.name)
+        return str(error)
+    return None
