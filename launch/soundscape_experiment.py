@@ -22,14 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from birdsed import predict
 from birdsed.data.soundscapes import labelled_windows
+from birdsed.metrics import macro_roc_auc
 from birdsed.training.distributed import Distributed
 from birdsed.training.soundscape_validation import evaluate_soundscapes, load
 from birdsed_launch import demo, local_job
@@ -92,8 +96,45 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         print(f"{prefix}_minutes={minutes:.1f}", flush=True)
         print(f"{prefix}_window_cmap={scores['val_soundscape_cmap']:.4f}", flush=True)
         print(f"{prefix}_window_auc={scores['val_soundscape_auc']:.4f}", flush=True)
+        for key, value in pseudo_label_quality(base, args.workdir, seed, common["duration"]).items():
+            print(f"{prefix}_{key}={value}", flush=True)
         aucs[name] = scores["val_soundscape_auc"]
     return aucs
+
+
+def pseudo_label_quality(base: Path, workdir: Path, seed: int, duration: float) -> dict[str, str]:
+    """How right each round's kept pseudo-labels were: the synthetic unlabelled set's labels are known.
+
+    `roundR_pseudo_auc` (macro ROC-AUC of the soft targets over the kept windows), `roundR_pseudo_top1`
+    (kept windows whose top class is present) and `roundR_kept_without_bird`.
+    """
+    files = sorted((base / "output" / "data").glob("pseudo_labels_round*.csv"))
+    if not files:
+        return {}
+    truth_dir = workdir / f"data-seed{seed}" / f"unlabelled-labels-{duration:g}s"
+    if not (truth_dir / ".done").exists():  # the same audio again (same seed), with labels per job window
+        shutil.rmtree(truth_dir, ignore_errors=True)
+        demo.unlabelled_soundscapes(truth_dir, seed, labelled=True, window=duration)
+        (truth_dir / ".done").touch()
+    truth = pd.read_csv(truth_dir / "soundscape_labels.csv", keep_default_na=False)
+    present = {(row.filename, float(row.start)): set(row.labels.split()) for row in truth.itertuples()}
+    figures = {}
+    for path in files:
+        kept = pd.read_csv(path)
+        classes = list(kept.columns[4:])  # filename, start, end, confidence, then one column per class
+        labels = [present.get((row.filename, float(row.start))) for row in kept.itertuples()]
+        matched = np.array([found is not None for found in labels], dtype=bool)
+        if not matched.all():  # windows cut otherwise than the answer key's: score only the ones it covers
+            figures[f"{path.stem.removeprefix('pseudo_labels_')}_unmatched_windows"] = str((~matched).sum())
+        kept, labels = kept[matched], [found for found in labels if found is not None]
+        targets = np.array([[name in found for name in classes] for found in labels])
+        scores = kept[classes].to_numpy()
+        top = targets[np.arange(len(kept)), scores.argmax(axis=1)]
+        name = path.stem.removeprefix("pseudo_labels_")
+        figures[f"{name}_pseudo_auc"] = f"{macro_roc_auc(targets, scores):.4f}"
+        figures[f"{name}_pseudo_top1"] = f"{top.mean():.3f}"
+        figures[f"{name}_kept_without_bird"] = f"{(targets.sum(axis=1) == 0).mean():.3f}"
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

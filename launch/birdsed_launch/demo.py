@@ -52,9 +52,7 @@ def make_data(
     makers = {
         "train": lambda path: make_dataset(path, species=SPECIES, recordings_per_species=12, seed=seed),
         "dev": lambda path: make_soundscapes(path, SPECIES, files=8, seconds=60, seed=1000 + seed),
-        "unlabelled": lambda path: make_soundscapes(
-            path, SPECIES, files=32, seconds=60, labelled=False, seed=2000 + seed
-        ),
+        "unlabelled": lambda path: unlabelled_soundscapes(path, seed),
         "test": lambda path: make_soundscapes(path, SPECIES, files=16, seconds=60, seed=3000 + seed),
     }
     for name in sets:
@@ -66,6 +64,11 @@ def make_data(
             makers[name](data / name)
             done.touch()
     return {name: data / name for name in sets}
+
+
+def unlabelled_soundscapes(path: Path, seed: int, labelled: bool = False, window: float = 5.0) -> Path:
+    """The `unlabelled` set; with `labelled`, the same audio with its labels (the experiment's answer key)."""
+    return make_soundscapes(path, SPECIES, files=32, seconds=60, labelled=labelled, window=window, seed=2000 + seed)
 
 
 def main(argv: list[str] | None = None) -> int:
