@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from birdsed import predict
-from birdsed.data.soundscapes import labelled_windows
+from birdsed.data.soundscapes import labelled_windows, read_labels_file
 from birdsed.metrics import macro_roc_auc
 from birdsed.training.distributed import Distributed
 from birdsed.training.soundscape_validation import evaluate_soundscapes, load
@@ -116,21 +116,21 @@ def pseudo_label_quality(base: Path, workdir: Path, seed: int, duration: float) 
         shutil.rmtree(truth_dir, ignore_errors=True)
         demo.unlabelled_soundscapes(truth_dir, seed, labelled=True, window=duration)
         (truth_dir / ".done").touch()
-    truth = pd.read_csv(truth_dir / "soundscape_labels.csv", keep_default_na=False)
-    present = {(row.filename, float(row.start)): set(row.labels.split()) for row in truth.itertuples()}
+    truth = read_labels_file(truth_dir)  # the job's own reader of soundscape_labels.csv
+    present = {(row.filename, row.start): set(row.labels) for row in truth.itertuples()}
     figures = {}
     for path in files:
+        name = path.stem.removeprefix("pseudo_labels_")
         kept = pd.read_csv(path)
         classes = list(kept.columns[4:])  # filename, start, end, confidence, then one column per class
         labels = [present.get((row.filename, float(row.start))) for row in kept.itertuples()]
         matched = np.array([found is not None for found in labels], dtype=bool)
         if not matched.all():  # windows cut otherwise than the answer key's: score only the ones it covers
-            figures[f"{path.stem.removeprefix('pseudo_labels_')}_unmatched_windows"] = str((~matched).sum())
+            figures[f"{name}_unmatched_windows"] = str((~matched).sum())
         kept, labels = kept[matched], [found for found in labels if found is not None]
-        targets = np.array([[name in found for name in classes] for found in labels])
+        targets = np.array([[label in found for label in classes] for found in labels])
         scores = kept[classes].to_numpy()
         top = targets[np.arange(len(kept)), scores.argmax(axis=1)]
-        name = path.stem.removeprefix("pseudo_labels_")
         figures[f"{name}_pseudo_auc"] = f"{macro_roc_auc(targets, scores):.4f}"
         figures[f"{name}_pseudo_top1"] = f"{top.mean():.3f}"
         figures[f"{name}_kept_without_bird"] = f"{(targets.sum(axis=1) == 0).mean():.3f}"
