@@ -453,7 +453,13 @@ def check_compile(ctx: Context) -> dict:
     return run_step(ctx, "compile", ctx.plan.timeouts["compile"], backbone=ctx.tiny["backbone"])
 
 
-BENCH_KEYS = ("model_only_samples_per_s", "step_samples_per_s", "step_efficiency", "aug_ms_per_batch")
+BENCH_KEYS = (
+    "model_only_samples_per_s",
+    "step_samples_per_s",
+    "step_efficiency",
+    "aug_ms_per_batch",
+    "channels_last_speedup",
+)
 
 
 def check_bench(ctx: Context) -> dict:

@@ -14,6 +14,8 @@ KEYS = {
     "model_only_samples_per_s",
     "step_samples_per_s",
     "step_efficiency",
+    "model_only_contiguous_samples_per_s",
+    "channels_last_speedup",
 }
 
 

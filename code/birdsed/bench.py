@@ -245,6 +245,11 @@ def run_benchmark(settings: Settings) -> Iterator[tuple[str, object]]:
     step = step_rate(trainer, data.train, cfg, settings)
     yield "step_samples_per_s", round(step, 2)
     yield "step_efficiency", round(step / model_only, 3)
+    # The same model in PyTorch's default (contiguous NCHW) layout: what `optimise_model`'s channels_last buys.
+    contiguous = build_trainer(cfg, create_model(cfg, len(data.labels)).to(settings.device), data, trainer.distributed)
+    contiguous_rate = model_only_rate(contiguous, batch, settings)
+    yield "model_only_contiguous_samples_per_s", round(contiguous_rate, 2)
+    yield "channels_last_speedup", round(model_only / contiguous_rate, 2)
 
 
 def describe(settings: Settings) -> Iterator[tuple[str, object]]:
