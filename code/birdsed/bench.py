@@ -264,8 +264,8 @@ def describe(settings: Settings) -> Iterator[tuple[str, object]]:
         yield (
             "note",
             (
-                f"CPU run: step figures use the small backbone {settings.backbone} and the CPU is also the "
-                "training device, so step_efficiency says nothing about a GPU; run with --device cuda there"
+                f"CPU run: the CPU is both the training device and the workers' machine, so step figures for "
+                f"{settings.backbone} and step_efficiency say nothing about a GPU; run with --device cuda there"
             ),
         )
 

@@ -23,7 +23,7 @@ def optimise_model(model: SEDModel, device: torch.device, compile_model: bool) -
     """channels_last on CUDA and CPU, optionally torch.compile of backbone and head (`SEDModel.compile_core`).
 
     Tensor-core convolutions want NHWC, and so do oneDNN's CPU convolutions: an efficientnet_b0 step on 2 CPU
-    cores took 0.66 s channels_last against 0.92 s (docs/performance.md).
+    cores is 1.38x faster channels_last (`code/bench.py`'s channels_last_speedup, docs/performance.md).
     """
     if device.type in CHANNELS_LAST_DEVICES:
         model.to(memory_format=torch.channels_last)
