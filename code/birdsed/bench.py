@@ -99,6 +99,7 @@ def bench_config(settings: Settings) -> Config:
             "num_workers": settings.workers,
             "val_fraction": 0.0,
             "epochs": 1,
+            "augment_ramp_steps": 0,  # the step rate with the full augmentation of a job past its first steps
         }
     )
 

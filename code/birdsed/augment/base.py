@@ -34,6 +34,8 @@ class RandomStreams:
         self.device = torch.device(device)
         self.host = torch.Generator()
         self.on_device = torch.Generator(device=self.device)
+        # Scales every augmentation's probability: below 1 while `augment_ramp_steps` ramps augmentation in.
+        self.strength = 1.0
 
     def seed(self, seed: int, epoch: int, rank: int = 0) -> None:
         """Seeds from (seed, epoch, rank): each process of a multi-GPU job augments its own share differently."""
@@ -49,8 +51,8 @@ class RandomStreams:
         self.on_device.set_state(state["device"])
 
     def chosen(self, batch_size: int, p: float) -> torch.Tensor:
-        """Indices (host) of the items that get the effect: each with probability `p`."""
-        return torch.nonzero(torch.rand(batch_size, generator=self.host) < p).squeeze(1)
+        """Indices (host) of the items that get the effect: each with probability `p` x `strength`."""
+        return torch.nonzero(torch.rand(batch_size, generator=self.host) < p * self.strength).squeeze(1)
 
     def uniform(self, count: int, low: float, high: float) -> torch.Tensor:
         """`count` host floats uniform in [low, high]."""

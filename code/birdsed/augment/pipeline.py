@@ -79,6 +79,13 @@ class Augmentations:
     random: RandomStreams = field(default_factory=RandomStreams)
     seed: int = 0
     rank: int = 0  # the process's rank in a multi-GPU job
+    ramp_steps: int = 0  # `augment_ramp_steps`: probabilities rise linearly to their values over these steps
+
+    def set_step(self, step: int) -> None:
+        """Scale every probability for optimizer step `step` (0-based): (step + 1) / ramp_steps, at most 1.
+
+        A function of the step alone, so a resumed or multi-process run augments alike."""
+        self.random.strength = min(1.0, (step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed from (seed, epoch, rank): epoch e augments alike in every run, resumed or not."""
@@ -106,6 +113,13 @@ def create_augmentations(
     if cfg.augment == "off":
         logger.info("augment=off: training without augmentation")
         return Augmentations(random=random, seed=seed, rank=rank)
+    if cfg.augment_ramp_steps:
+        logger.info(
+            "augment_ramp_steps=%d: augmentation probabilities rise from 0 to their values over the first %d "
+            "optimizer steps (a network from scratch learns slowly under full augmentation)",
+            cfg.augment_ramp_steps,
+            cfg.augment_ramp_steps,
+        )
     before = [Gain(cfg.gain_p, cfg.gain_db_min, cfg.gain_db_max, random)] if cfg.gain_p else []
     mix = Mix(cfg.mix_p, cfg.mix_max_clips, random, cfg.mix_levels) if cfg.mix_p else None
     after = _after_mix(cfg, random, noise_bank.to(device) if noise_bank is not None else None)
@@ -119,6 +133,7 @@ def create_augmentations(
         random,
         seed,
         rank,
+        cfg.augment_ramp_steps,
     )
     logger.info("augmentations: %s", describe(augmentations))
     return augmentations

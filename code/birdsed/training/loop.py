@@ -98,6 +98,7 @@ def train_one_epoch(trainer: Trainer, loader: DataLoader, progress: Progress, st
         crops += len(batch["weight"])
         at_boundary = progress.batches_done % trainer.grad_accum_steps == 0
         at_boundary = at_boundary or progress.batches_done == trainer.batches_per_epoch
+        trainer.augment.set_step(progress.step)
         step_losses.append(forward_backward(trainer, to_device(batch, trainer.device), sync_gradients=at_boundary))
         if at_boundary:
             if finish_step(trainer, progress, step_losses, stop):
