@@ -169,7 +169,7 @@ def summary_line(name: str, job: dict[str, object], scores: dict[str, float], re
         "minutes": job["minutes"],
         "cpu_minutes": job["cpu_minutes"],
     }
-    return " ".join(f"{key}={format_value(value)}" for key, value in values.items())
+    return key_values(values)
 
 
 def with_seeds(configs: dict[str, dict[str, str]], seeds: list[int] | None) -> dict[str, list[tuple[str, dict]]]:
@@ -199,6 +199,11 @@ def seeds_line(name: str, seeds: list[int], runs: list[dict[str, float]], refere
         "minutes_mean": float(np.mean([run["minutes"] for run in runs])),
         "cpu_minutes_mean": float(np.mean([run["cpu_minutes"] for run in runs])),
     }
+    return key_values(values)
+
+
+def key_values(values: dict[str, object]) -> str:
+    """One `key=value` line (floats to 4 decimals, missing values as nan)."""
     return " ".join(f"{key}={format_value(value)}" for key, value in values.items())
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +19,15 @@ REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 # Tiny models, no DataLoader workers: seconds per job on a CPU. No ONNX export (15-30 s per job here):
 # test_use_model.py and test_onnx.py export it.
 FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0, "export_onnx": False}
+
+
+def load_launch_script(name: str) -> ModuleType:
+    """`launch/<name>.py` as a module (the launch scripts are not a package), fresh on every call."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -25,7 +25,8 @@ def test_compiled_core_keeps_outputs_and_checkpoint_keys():
 
 def test_cpu_training_model_is_channels_last_with_the_same_outputs():
     torch.manual_seed(0)
-    model = create_model(from_hyperparameters({**SMALL, "hop_length": 128, "duration": 1}), 3).eval()
+    cfg = from_hyperparameters({**SMALL, "hop_length": 128, "duration": 1})
+    model = create_model(cfg, 3).eval()
     waveform = torch.randn(2, 16000)
     with torch.no_grad():
         contiguous = model(waveform)["clipwise_logits"]
@@ -35,7 +36,7 @@ def test_cpu_training_model_is_channels_last_with_the_same_outputs():
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     torch.testing.assert_close(nhwc, contiguous, rtol=1e-4, atol=1e-5)
     # Checkpoints stay loadable into a model in either layout.
-    fresh = create_model(from_hyperparameters({**SMALL, "hop_length": 128, "duration": 1}), 3).eval()
+    fresh = create_model(cfg, 3).eval()
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(waveform)["clipwise_logits"], contiguous, rtol=1e-4, atol=1e-5)

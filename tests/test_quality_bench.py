@@ -3,22 +3,16 @@ configuration gives the mean and range over the seeds (one seed moved real_birds
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_launch_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("quality_bench", REPO_ROOT / "launch" / "quality_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_launch_script("quality_bench")
 
 
 def figures(line: str) -> dict[str, str]:

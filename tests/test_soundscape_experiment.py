@@ -3,11 +3,10 @@ pseudo-labels are scored against the synthetic unlabelled set's answer key."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 from birdsed_launch import demo
-from conftest import REPO_ROOT
+from conftest import load_launch_script
 
 PSEUDO_LABELS = """filename,start,end,confidence,a,b
 x.ogg,0,3,0.9,0.9,0.2
@@ -27,12 +26,7 @@ def write_answer_key(path, seed, labelled, window):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "soundscape_experiment", REPO_ROOT / "launch" / "soundscape_experiment.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_launch_script("soundscape_experiment")
 
 
 def test_hp_overrides_reach_every_job_even_the_round_settings(tmp_path, monkeypatch, capsys):
