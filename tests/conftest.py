@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import random
 import socket
 import sys
 from pathlib import Path
@@ -19,6 +21,26 @@ REAL_BIRDS = REPO_ROOT.parent / "shared" / "data" / "real_birds"
 # Tiny models, no DataLoader workers: seconds per job on a CPU. No ONNX export (15-30 s per job here):
 # test_use_model.py and test_onnx.py export it.
 FAST_HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "num_workers": 0, "export_onnx": False}
+
+
+def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range and in this xdist worker's own block of ports.
+
+    `bind(port 0)` hands out an ephemeral port, and until the job binds it, any outgoing connection of a
+    test running beside it may take it as its local port: a torchrun master then fails with EADDRINUSE
+    and the other "host" waits 10 minutes for it (seen once in CI). Below the ephemeral range only an
+    explicit bind takes a port, and each worker's block keeps two workers from picking the same one.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    low = 20000 + 1000 * (worker % 12)  # 20000..32000: under Linux's default ephemeral range (32768-60999)
+    for port in random.sample(range(low, low + 1000), 50):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"No free port in {low}..{low + 999}")
 
 
 def load_launch_script(name: str) -> ModuleType:
@@ -52,8 +74,7 @@ def no_hugging_face_hub(tmp_path_factory):
 def own_master_port(monkeypatch):
     """Each test's distributed jobs rendezvous on a port of their own: `make test` runs tests in parallel
     (pytest-xdist), and two jobs on torchrun's default port would join each other's process group."""
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from birdsed_launch import local_job
-from conftest import FAST_HYPERPARAMETERS
+from conftest import FAST_HYPERPARAMETERS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -18,17 +21,35 @@ pytestmark = pytest.mark.slow
 DDP_HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "batch_size": 8, "val_fraction": 0.3, "seed": 5, "augment": "off"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def toolkit_env(base, port: int) -> dict[str, str]:
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_PROGRAM": "train.py"}
     env.update(MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     env.pop("SM_HPS", None)
     return env
+
+
+def run_together(jobs: list[tuple[list[str], dict[str, str], Path]], timeout: float) -> list[tuple[int, str]]:
+    """(exit code, output) of (command, env, job directory)s run side by side; output in `<directory>/stdout.txt`.
+
+    When one fails or time runs out, the others are killed: a "host" whose master is gone waits 10 minutes
+    for it. Their outputs come back either way, so a failure shows every host's own reason.
+    """
+    processes = []
+    for command, env, directory in jobs:
+        with (directory / "stdout.txt").open("w") as sink:
+            processes.append(
+                subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+    deadline = time.monotonic() + timeout
+    while any(process.poll() is None for process in processes):
+        if time.monotonic() > deadline or any(process.poll() for process in processes):
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)  # with the ranks torchrun started
+        time.sleep(0.5)
+    return [
+        (process.returncode, (job[2] / "stdout.txt").read_text()) for process, job in zip(processes, jobs, strict=True)
+    ]
 
 
 def metrics(base) -> dict:
@@ -64,19 +85,13 @@ def test_two_hosts_on_loopback_train_together_and_only_the_first_writes(tmp_path
         local_job.layout(
             base, {"train": synthetic_dataset}, {**DDP_HYPERPARAMETERS, "epochs": 8}, hosts=hosts, current_host=host
         )
-        command = local_job.toolkit_train_command()
-        jobs.append(
-            (
-                base,
-                subprocess.Popen(
-                    command, env=toolkit_env(base, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-                ),
-            )
-        )
-    results = [(base, process.communicate(timeout=900)[0], process.returncode) for base, process in jobs]
-    for base, output, code in results:
-        assert code == 0, f"{base.name}: {output[-4000:]}"
-    first, second = results
+        jobs.append((local_job.toolkit_train_command(), toolkit_env(base, port), base))
+    outcomes = run_together(jobs, timeout=600)
+    report = "\n\n".join(
+        f"{host}: exit {code}\n{output[-3000:]}" for host, (code, output) in zip(hosts, outcomes, strict=True)
+    )
+    assert [code for code, _ in outcomes] == [0, 0], report
+    first, second = [(base, output) for (_, _, base), (_, output) in zip(jobs, outcomes, strict=True)]
     assert "--nnodes=2" in first[1] and "--node_rank=0" in first[1] and "--node_rank=1" in second[1]
     assert "world_size=2" in first[1]
     assert (first[0] / "model" / "model.pt").exists() and metrics(first[0])["best"]["val_auc"] > 0.85
@@ -99,3 +114,17 @@ def test_a_data_error_found_by_the_first_process_ends_every_process(tmp_path):
     assert completed.returncode != 0
     assert "None of the 1 recordings" in (base / "output" / "failure").read_text()
     assert "[rank 1] None of the 1 recordings" in completed.stdout
+
+
+def test_a_taken_master_port_is_a_one_line_reason_not_a_traceback(tmp_path, synthetic_dataset):
+    base = tmp_path / "job"
+    local_job.layout(base, {"train": synthetic_dataset}, {**DDP_HYPERPARAMETERS, "nproc_per_node": 2})
+    with socket.create_server(("127.0.0.1", free_port())) as holder:
+        env = toolkit_env(base, holder.getsockname()[1])
+        completed = subprocess.run(
+            local_job.toolkit_train_command(), env=env, capture_output=True, text=True, check=False, timeout=300
+        )
+    failure = (base / "output" / "failure").read_text()
+    assert completed.returncode != 0
+    assert failure.startswith(f"torchrun could not open its rendezvous on localhost:{env['MASTER_PORT']}: another")
+    assert "Set the MASTER_PORT environment variable to a free port" in failure and "Traceback" not in failure

@@ -15,7 +15,7 @@ from birdsed import sm_env, supervise, torchrun
 from birdsed.commands import train as train_command
 from birdsed.config import from_hyperparameters
 from birdsed.data.audio import RawAudio
-from birdsed.errors import ConfigError
+from birdsed.errors import ConfigError, RendezvousError
 from conftest import FAST_HYPERPARAMETERS
 from tiny_data import write_wav_dataset
 
@@ -114,3 +114,18 @@ def test_nproc_per_node_is_checked_against_the_gpus_cuda_sees():
     env = sm_env.from_environ({"SAGEMAKER_BASE_DIR": "/tmp/none", "SM_NUM_GPUS": "1"})
     with pytest.raises(ConfigError, match="nproc_per_node=2 but this host has 1 GPU"):
         torchrun.command(from_hyperparameters({"nproc_per_node": "2"}), env, 1, Path("train.py"), [])
+
+
+def test_hosts_that_cannot_meet_get_the_address_and_what_to_check(tmp_path, monkeypatch):
+    def agent(arguments):
+        raise torch.distributed.DistNetworkError(
+            "The client socket has timed out after 600000ms while trying to connect"
+        )
+
+    monkeypatch.setattr(torch.distributed.run, "main", agent)
+    command = [sys.executable, "-m", "torch.distributed.run", "--master_addr=algo-1", "--master_port=29500", "train.py"]
+    with pytest.raises(RendezvousError) as raised:
+        torchrun.run_agent(command, tmp_path)
+    reason = str(raised.value)
+    assert reason.startswith("torchrun on this host could not meet the first host at algo-1:29500: The client socket")
+    assert "The first host's own log says why" in reason

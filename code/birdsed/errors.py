@@ -21,5 +21,9 @@ class DivergenceError(UserError):
     """Training produced non-finite losses for too many consecutive steps."""
 
 
+class RendezvousError(UserError):
+    """The hosts' training processes could not meet (a port taken, the first host gone or unreachable)."""
+
+
 class TrainingStopped(Exception):
     """The job was asked to stop (SIGTERM) and saved its state; a restart resumes from it."""

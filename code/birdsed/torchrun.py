@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch.distributed.run
+from torch.distributed import DistNetworkError
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from birdsed import sm_env, supervise
 from birdsed.config import Config
-from birdsed.errors import ConfigError
+from birdsed.errors import ConfigError, RendezvousError
 from birdsed.sm_env import SageMakerEnv
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,30 @@ def run_agent(command: Sequence[str], output_dir: Path) -> int:
         return code
     except SignalException as stop:  # SIGTERM: torchrun passed it on to the ranks, which saved a checkpoint
         return 128 + int(stop.sigval)
+    except DistNetworkError as error:  # the agents' rendezvous, before any rank started
+        raise RendezvousError(rendezvous_reason(arguments, error)) from error
     return 0
+
+
+def rendezvous_reason(arguments: Sequence[str], error: DistNetworkError) -> str:
+    """Why the hosts' torchrun agents could not meet, with what to check: the port, or the first host."""
+    options = dict(
+        argument.removeprefix("--").split("=", 1)
+        for argument in arguments
+        if argument.startswith("--") and "=" in argument
+    )
+    address = f"{options.get('master_addr', '?')}:{options.get('master_port', '?')}"
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "EADDRINUSE" in detail:
+        return (
+            f"torchrun could not open its rendezvous on {address}: another process on this host holds port "
+            f"{options.get('master_port')}. Set the MASTER_PORT environment variable to a free port. ({detail})"
+        )
+    return (
+        f"torchrun on this host could not meet the first host at {address}: {detail}. The first host's own "
+        f"log says why it did not open the rendezvous (it failed or started late); check that every host "
+        f"reaches it on that port."
+    )
 
 
 def command(cfg: Config, env: SageMakerEnv, visible_gpus: int, script: Path, argv: Sequence[str]) -> list[str] | None:
