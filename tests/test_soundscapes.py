@@ -467,6 +467,19 @@ def test_the_learning_rate_schedule_restarts_every_round():
     assert scaled[:40] == rates[:40] and scaled[40:] == pytest.approx([rate * 0.25 for rate in rates[40:]])
 
 
+def test_round_0_takes_its_first_update_at_the_focal_jobs_warmup_rate():
+    """The loop sets the rates of update `step + 1` after update `step`: update 0 runs at the rates the
+    scheduler set when built. A pseudo-label job's round 0 once took it at the full `lr` (no warmup)."""
+    base = {**FAST_HYPERPARAMETERS, "epochs": 4, "warmup_epochs": 1, "backbone_lr_scale": 0.5}
+    first_rates = []
+    for cfg in (from_hyperparameters(base), from_hyperparameters({**base, "pseudo_rounds": 2, "pseudo_epochs": 2})):
+        optimizer = create_optimizer(create_model(cfg, 2), cfg.optim)
+        rounds.create_scheduler(optimizer, cfg, 10)
+        first_rates.append([group["lr"] for group in optimizer.param_groups])
+    assert first_rates[1] == pytest.approx(first_rates[0])
+    assert max(first_rates[0]) == pytest.approx(base["lr"] / 10)  # timm's warmup starts at lr / warmup updates
+
+
 def test_the_backbone_follows_each_rounds_schedule_at_its_scale():
     cfg = from_hyperparameters(
         {**FAST_HYPERPARAMETERS, "epochs": 2, "pseudo_rounds": 1, "pseudo_epochs": 1, "backbone_lr_scale": 0.25}

@@ -130,6 +130,9 @@ class RoundScheduler(Scheduler):
             self.spans.append((start, cosine_scheduler(optimizer, cfg.optim, length, warmup), scale))
             start += length
         super().__init__(optimizer, "lr", t_in_epochs=False)
+        # The first update runs at the rates set here, before any `step_update` (timm's own schedulers set their
+        # first rate when built too): without this, round 0 began at the full `lr` instead of warming up.
+        self.step_update(0)
 
     def _get_lr(self, t: int) -> list[float]:
         start, schedule, scale = next((span for span in reversed(self.spans) if span[0] <= t), self.spans[0])
