@@ -129,3 +129,12 @@ def test_hosts_that_cannot_meet_get_the_address_and_what_to_check(tmp_path, monk
     reason = str(raised.value)
     assert reason.startswith("torchrun on this host could not meet the first host at algo-1:29500: The client socket")
     assert "The first host's own log says why" in reason
+
+    def first_host(arguments):
+        raise torch.distributed.DistStoreError("Timed out after 601 seconds waiting for clients. 1/2 clients joined.")
+
+    monkeypatch.setattr(torch.distributed.run, "main", first_host)
+    with pytest.raises(
+        RendezvousError, match=r"^torchrun on the first host \(algo-1:29500\) waited for the other hosts"
+    ):
+        torchrun.run_agent(command, tmp_path)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch.distributed.run
-from torch.distributed import DistNetworkError
+from torch.distributed import DistNetworkError, DistStoreError
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -71,13 +71,13 @@ def run_agent(command: Sequence[str], output_dir: Path) -> int:
         return code
     except SignalException as stop:  # SIGTERM: torchrun passed it on to the ranks, which saved a checkpoint
         return 128 + int(stop.sigval)
-    except DistNetworkError as error:  # the agents' rendezvous, before any rank started
+    except (DistNetworkError, DistStoreError) as error:  # the agents' rendezvous, before any rank started
         raise RendezvousError(rendezvous_reason(arguments, error)) from error
     return 0
 
 
-def rendezvous_reason(arguments: Sequence[str], error: DistNetworkError) -> str:
-    """Why the hosts' torchrun agents could not meet, with what to check: the port, or the first host."""
+def rendezvous_reason(arguments: Sequence[str], error: DistNetworkError | DistStoreError) -> str:
+    """Why the hosts' torchrun agents could not meet, with what to check: the port, the other hosts, the first."""
     options = dict(
         argument.removeprefix("--").split("=", 1)
         for argument in arguments
@@ -89,6 +89,11 @@ def rendezvous_reason(arguments: Sequence[str], error: DistNetworkError) -> str:
         return (
             f"torchrun could not open its rendezvous on {address}: another process on this host holds port "
             f"{options.get('master_port')}. Set the MASTER_PORT environment variable to a free port. ({detail})"
+        )
+    if "waiting for clients" in detail:  # the first host: the others never came
+        return (
+            f"torchrun on the first host ({address}) waited for the other hosts in vain: {detail} Their own logs "
+            f"say why they did not join; check that they reach this host on that port."
         )
     return (
         f"torchrun on this host could not meet the first host at {address}: {detail}. The first host's own "
