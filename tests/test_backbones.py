@@ -30,8 +30,9 @@ from birdsed.models.probe import keep_used_modules, probe
 from birdsed.training.loop import Progress, Trainer, finish_step, forward_backward
 from birdsed.training.signals import NeverStop
 from birdsed_launch import local_job
+from conftest import free_port
 from cpu_trainer import cpu_trainer
-from test_distributed import free_port, toolkit_env
+from test_distributed import toolkit_env
 
 MATRIX = [
     "efficientnet_b0",

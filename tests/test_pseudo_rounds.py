@@ -17,8 +17,8 @@ import torch
 from birdsed.data.synthetic import make_dataset, make_soundscapes
 from birdsed.training.checkpoint import list_checkpoints
 from birdsed_launch import local_job
-from conftest import FAST_HYPERPARAMETERS, REPO_ROOT
-from test_distributed import free_port, toolkit_env
+from conftest import FAST_HYPERPARAMETERS, REPO_ROOT, free_port
+from test_distributed import toolkit_env
 from test_resume import FAULT_RUNNER, assert_same_weights
 
 pytestmark = pytest.mark.slow
