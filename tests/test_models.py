@@ -101,20 +101,3 @@ def test_several_weight_files_pick_the_one_named_after_the_backbone(tmp_path):
 def test_vision_transformers_are_refused_with_a_reason():
     with pytest.raises(ConfigError, match="not a \\[B, C, F, T\\] feature map"):
         create_backbone(from_hyperparameters({**SMALL, "backbone": "test_vit"}).model, None)
-
-
-def test_third_channel_mel_band_swaps_the_delta_delta_for_each_bands_place_on_the_mel_axis():
-    default = create_model(from_hyperparameters(SMALL), num_classes=3).eval()
-    banded = create_model(from_hyperparameters({**SMALL, "third_channel": "mel_band"}), num_classes=3).eval()
-    assert banded.state_dict().keys() == default.state_dict().keys()  # no weights of its own: checkpoints load
-    spectrogram = default.frontend(torch.randn(2, 16000) * 0.1)
-    seen = banded.backbone_input(spectrogram)
-    torch.testing.assert_close(seen[:, :2], spectrogram[:, :2])
-    assert seen[:, 2, 0].eq(-1.0).all() and seen[:, 2, -1].eq(1.0).all()  # lowest band -1, highest 1, every frame
-    assert (seen[:, 2, 1:, 0] > seen[:, 2, :-1, 0]).all()
-    with torch.no_grad():  # the delta-delta (or a mask over it) no longer reaches the backbone
-        altered = spectrogram.clone()
-        altered[:, 2] = 5.0
-        torch.testing.assert_close(
-            banded(spectrogram=altered)["clipwise_logits"], banded(spectrogram=spectrogram)["clipwise_logits"]
-        )

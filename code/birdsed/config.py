@@ -78,16 +78,6 @@ class ModelConfig:
         default="zero",
         metadata={"help": "Initial classifier bias: prior (each class's log-odds in the training data) or zero."},
     )
-    # A CNN pools over frequency at its end: from scratch, it learns where on the mel axis a pattern sits only
-    # through padding, while the pitch of a call says much about the species (the baseline's per-band statistics).
-    third_channel: Literal["delta2", "mel_band"] = field(
-        default="delta2",
-        metadata=_doc(
-            "The backbone's third input channel: `delta2` (the log-mel's delta-delta) or `mel_band` (each mel "
-            "band's place on the mel axis, -1 lowest to 1 highest, after the masks): absolute pitch for "
-            "networks trained from scratch (docs/recipe.md)."
-        ),
-    )
 
 
 @dataclass(frozen=True)

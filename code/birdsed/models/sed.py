@@ -14,15 +14,6 @@ from birdsed.models.backbone import create_backbone
 from birdsed.models.heads import create_head
 
 
-class MelBandPosition(nn.Module):
-    """`[B, 3, mels, frames]` with the third channel (the delta-delta) replaced by each mel band's place, -1 to 1."""
-
-    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        batch, _, bands, frames = spectrogram.shape
-        place = torch.linspace(-1.0, 1.0, bands, device=spectrogram.device, dtype=spectrogram.dtype)
-        return torch.cat([spectrogram[:, :2], place.view(1, 1, bands, 1).expand(batch, 1, bands, frames)], dim=1)
-
-
 class SEDModel(nn.Module):
     """Waveforms `[B, T]` -> `{"clipwise_logits": [B, K], "framewise_logits": [B, T', K], ...}`.
 
@@ -31,18 +22,9 @@ class SEDModel(nn.Module):
     The train step goes through `forward` so that a DistributedDataParallel wrapper sees the call.
     """
 
-    def __init__(
-        self,
-        frontend: nn.Module,
-        backbone: nn.Module,
-        head: nn.Module,
-        freeze_backbone: bool,
-        backbone_input: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, frontend: nn.Module, backbone: nn.Module, head: nn.Module, freeze_backbone: bool) -> None:
         super().__init__()
         self.frontend = frontend
-        # What the backbone sees of the (masked) spectrogram: all of it, or a channel swapped (`third_channel`).
-        self.backbone_input = backbone_input or nn.Identity()
         self.backbone = backbone
         self.head = head
         # Backbone + head, where the time goes; `compile_core` swaps in a compiled version of it.
@@ -72,7 +54,7 @@ class SEDModel(nn.Module):
         return self._core(spectrogram)
 
     def _backbone_and_head(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.backbone.forward_features(self.backbone_input(spectrogram)))
+        return self.head(self.backbone.forward_features(spectrogram))
 
     def forward(
         self, waveform: torch.Tensor | None = None, *, spectrogram: torch.Tensor | None = None
@@ -93,5 +75,4 @@ def create_model(
     if class_prior is not None and cfg.model.head_bias == "prior":
         head.set_prior(torch.as_tensor(class_prior, dtype=torch.float32))
     frontend = LogMelDeltas(cfg.data.sample_rate, cfg.features)
-    backbone_input = MelBandPosition() if cfg.model.third_channel == "mel_band" else None
-    return SEDModel(frontend, backbone, head, cfg.model.freeze_backbone, backbone_input)
+    return SEDModel(frontend, backbone, head, cfg.model.freeze_backbone)
