@@ -58,11 +58,12 @@ def no_hugging_face_hub(tmp_path_factory):
 
     A job that looks for pretrained weights without a stand-in Hub (tests/hub_server.py) finds a closed
     port (refused at once) and an empty cache; tests of the Hub point HF_ENDPOINT at their own server.
+    The port stays bound and never listens for the whole session: refused, and no server of a later test
+    can be handed it.
     """
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_ENDPOINT", closed)
+    with socket.socket() as closed_port, pytest.MonkeyPatch.context() as patch:
+        closed_port.bind(("127.0.0.1", 0))
+        patch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port.getsockname()[1]}")
         patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
         patch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # as in the image: only the weights are asked for
         for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME"):
