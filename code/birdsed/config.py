@@ -73,7 +73,7 @@ class ModelConfig:
     # initialisation), so a fresh model outputs the class prior instead of 0.5 everywhere and the first hundred
     # steps are not spent pushing every output down (docs/recipe.md); zero: PyTorch's default initialisation.
     # zero stays the default: prior lowered the synthetic 2-process test's val_auc after 8 epochs (0.84 against
-    # > 0.85) and its held-out effect on real recordings is not measured yet.
+    # > 0.85) and real_birds' held-out AUC (b0 from scratch, 240 steps: 0.731 against 0.787).
     head_bias: Literal["prior", "zero"] = field(
         default="zero",
         metadata={"help": "Initial classifier bias: prior (each class's log-odds in the training data) or zero."},
