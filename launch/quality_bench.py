@@ -2,6 +2,7 @@
 
     python launch/quality_bench.py --data ../shared/data/real_birds --workdir /tmp/quality \
         [--preset recipe] [--config NAME KEY=VALUE ...]... [--hp KEY=VALUE ...] [--train-windows 12] [--seeds 0 1 2]
+        [--device auto|cpu|cuda]
 
 The dataset (BirdCLEF layout) is decoded once into a waveform cache (`code/prepare.py`'s, kept in
 `--workdir`, reused by later runs) and split 70/30 by recording: rows sorted by filename,
@@ -138,9 +139,9 @@ def train(name: str, hyperparameters: dict[str, str], split: Split, workdir: Pat
     return {"base": base, "minutes": minutes, "cpu_minutes": cpu_minutes, "metrics": metrics}
 
 
-def evaluate(job: dict[str, object], split: Split, train_windows: int) -> dict[str, float]:
+def evaluate(job: dict[str, object], split: Split, train_windows: int, device: torch.device) -> dict[str, float]:
     """Held-out and training AUC (and their gap) of a finished job's model, per recording (max over windows)."""
-    loaded = predict.load_model(Path(job["base"]) / "model", torch.device("cpu"))
+    loaded = predict.load_model(Path(job["base"]) / "model", device)
     if loaded.labels != split.labels:
         raise SystemExit(f"error: the model's labels differ from the dataset's: {loaded.labels}")
     predictor = predict.create_predictor(loaded, batch_size=32, amp=False)
@@ -239,6 +240,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-windows", type=int, default=12, help="windows per training recording for train_auc (0: all)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the held-out predictions run (fp32); the jobs pick their own device (auto: CUDA when present)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the benchmark's own baseline fit")
     parser.add_argument(
         "--seeds", type=int, nargs="+", metavar="S", help="train every configuration once per training seed"
@@ -253,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = parse_configs(args)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     try:
         split = prepare_split(args.data, args.workdir, SAMPLE_RATE)
     except DataError as error:
@@ -268,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for run_name, hyperparameters in runs:
             print(f"training config={run_name} {' '.join(f'{k}={v}' for k, v in hyperparameters.items())}", flush=True)
             job = train(run_name, hyperparameters, split, args.workdir)
-            scores = evaluate(job, split, args.train_windows)
+            scores = evaluate(job, split, args.train_windows, device)
             print(summary_line(run_name, job, scores, reference), flush=True)
             results.append({**scores, "minutes": job["minutes"], "cpu_minutes": job["cpu_minutes"]})
         if args.seeds:

@@ -62,6 +62,7 @@ def test_main_trains_each_seed_and_prints_every_run_and_the_mean(tmp_path, monke
     split = SimpleNamespace(train=frame, heldout=frame, labels=["a", "b"])
     trained = []
     heldout = {"0": 0.7, "1": 0.8}
+    devices = []
 
     def fake_train(name, hyperparameters, split, workdir):
         trained.append((name, hyperparameters["seed"], hyperparameters["backbone"]))
@@ -74,7 +75,8 @@ def test_main_trains_each_seed_and_prints_every_run_and_the_mean(tmp_path, monke
             "seed": hyperparameters["seed"],
         }
 
-    def fake_evaluate(job, split, train_windows):
+    def fake_evaluate(job, split, train_windows, device):
+        devices.append(device.type)
         auc = heldout[job["seed"]]
         return {"heldout_auc": auc, "heldout_top1": 0.5, "train_auc": 0.9, "train_heldout_gap": 0.9 - auc}
 
@@ -91,7 +93,8 @@ def test_main_trains_each_seed_and_prints_every_run_and_the_mean(tmp_path, monke
         "b0",
         "backbone=efficientnet_b0",
     ]
-    assert bench.main([*arguments, "--seeds", "0", "1"]) == 0
+    assert bench.main([*arguments, "--seeds", "0", "1", "--device", "cpu"]) == 0
+    assert devices == ["cpu", "cpu"]
 
     assert trained == [("b0_seed0", "0", "efficientnet_b0"), ("b0_seed1", "1", "efficientnet_b0")]
     lines = [figures(line) for line in capsys.readouterr().out.splitlines() if line.startswith("config=")]
