@@ -608,7 +608,7 @@ def tiny_trainer(backbone: str, device_name: str, compile_model: bool = False):
     cfg = tiny_config(backbone=backbone)
     configure_backends(device)
     torch.manual_seed(0)
-    model = optimise_model(create_model(cfg, 4).to(device), device, compile_model)
+    model = optimise_model(create_model(cfg, 4).to(device), compile_model)
     precision = mixed_precision("auto", device)
     optimizer = create_optimizer(model, cfg.optim)
     trainer = Trainer(

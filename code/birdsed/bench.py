@@ -239,7 +239,7 @@ def run_benchmark(settings: Settings) -> Iterator[tuple[str, object]]:
     yield "pipeline_speedup", round(pipeline / baseline, 1)
     batch = device_batch(data.train, settings)
     yield "aug_ms_per_batch", round(augmentation_ms(cfg, batch, settings), 1)
-    model = optimise_model(create_model(cfg, len(data.labels)).to(settings.device), settings.device, False)
+    model = optimise_model(create_model(cfg, len(data.labels)).to(settings.device), False, "channels_last")
     trainer = build_trainer(cfg, model, data, Distributed(0, 0, 1, settings.device))
     model_only = model_only_rate(trainer, batch, settings)
     yield "model_only_samples_per_s", round(model_only, 2)

@@ -469,6 +469,16 @@ class RunConfig:
             "one (rehearses a multi-GPU job on one GPU)."
         ),
     )
+    # channels_last made an efficientnet_b0 step 1.38x faster on 2 CPU cores, but a tf_efficientnetv2_s step 0.81x
+    # as fast on an H100 in fp16 (docs/performance.md): one GPU figure does not flip the default, a knob lets
+    # users keep the faster layout of their card.
+    memory_format: Literal["channels_last", "contiguous"] = field(
+        default="channels_last",
+        metadata=_doc(
+            "Layout of the model's weights and activations: `channels_last` (NHWC) or `contiguous` (NCHW, "
+            "PyTorch's default). `code/bench.py` prints `channels_last_speedup` for your device and backbone."
+        ),
+    )
     # torch.compile of backbone + head: faster steps on a GPU after a minute or two of compiling.
     compile: bool = field(
         default=False,

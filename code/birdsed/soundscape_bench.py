@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     folder = soundscapes(args.data, workdir, args.minutes)
     files = usable_files(find_audio(folder), folder, SAMPLE_RATE)
     length = window_samples(cfg)
-    model = optimise_model(create_model(cfg, CLASSES).to(device), device, False).eval()
+    model = optimise_model(create_model(cfg, CLASSES).to(device), False).eval()
     predictor = Predictor(
         LoadedModel(model, [f"c{index}" for index in range(CLASSES)], cfg),
         device,

@@ -104,7 +104,7 @@ def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
     configure_backends(group.device)
     data = group.computed_once(lambda: loaders.load_training_data(cfg, env.channel("train"), env.channel("validation")))
     model = create_model(cfg, len(data.labels), local_file, loaders.class_prior(data)).to(group.device)
-    model = optimise_model(model, group.device, cfg.run.compile)
+    model = optimise_model(model, cfg.run.compile, cfg.run.memory_format)
     model = group.wrap(model, cfg.run.sync_batchnorm)
     # Same initial weights everywhere (DDP copies rank 0's), different dropout per process.
     seed_everything(cfg.run.seed + group.rank)
