@@ -225,6 +225,20 @@ class OptimConfig:
     min_lr_ratio: float = field(default=0.01, metadata=_range(0.0, 1.0, help="The cosine decay ends at `lr` x this."))
     max_grad_norm: float = field(default=5.0, metadata=_range(0.0, help="Gradient clipping by global norm; 0: off."))
     max_steps: int = field(default=0, metadata=_range(0, help="Stop after this many optimizer steps; 0: no limit."))
+    # The averaged weights are what is validated, selected, checkpointed as best and delivered. timm's decay warmup
+    # (1 - (1 + step)^-3/4, capped here) averages over about the last quarter of a short job's steps and over
+    # 1 / (1 - ema_decay) steps of a long one, so one setting suits both.
+    ema_decay: float = field(
+        default=0.0,
+        metadata=_range(
+            0.0,
+            0.99999,
+            help=(
+                "Exponential moving average of the weights (timm's ModelEmaV3), validated and saved instead of "
+                "the raw weights; the decay warms up as 1 - (1 + step)^-0.75 to at most this value. 0: off."
+            ),
+        ),
+    )
     nonfinite_patience: int = field(
         default=10,
         metadata=_range(

@@ -50,6 +50,10 @@ class SEDModel(nn.Module):
         exported model load into an uncompiled model; the front end stays eager (its STFT gains nothing)."""
         self._core = torch.compile(self._backbone_and_head, **options)
 
+    def use_eager_core(self) -> None:
+        """Undo `compile_core` (for a copy: a compiled core stays bound to the model it was compiled from)."""
+        self._core = self._backbone_and_head
+
     def forward_spectrogram(self, spectrogram: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._core(spectrogram)
 

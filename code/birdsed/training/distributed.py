@@ -69,6 +69,12 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm statistics) in `model` on every process, so all score the same model."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def computed_once(self, compute: Callable[[], T]) -> T:
         """`compute()` on the first process only; its result, or the error it raised, on every process.
 

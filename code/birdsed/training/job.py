@@ -32,7 +32,7 @@ from birdsed.models.backbone import check_backbone_name
 from birdsed.models.weights import resolve_weights
 from birdsed.optim import create_optimizer
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import checkpoint, distributed, finetune, outputs, resume_config, rounds, selection
+from birdsed.training import checkpoint, distributed, ema, finetune, outputs, resume_config, rounds, selection
 from birdsed.training.amp import mixed_precision
 from birdsed.training.checkpoint import atomic_save, load_latest_checkpoint, save_checkpoint
 from birdsed.training.distributed import Distributed, unwrap
@@ -181,6 +181,7 @@ def build_trainer(cfg: Config, model: torch.nn.Module, data: loaders.TrainingDat
         max_steps=cfg.optim.max_steps,
         nonfinite_patience=cfg.optim.nonfinite_patience,
         distributed=group,
+        ema=ema.create_ema(unwrap(model), cfg.optim.ema_decay),
     )
 
 
@@ -266,11 +267,12 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     round_best = newest_is_best(progress.history, metric, progress.round)
     job_best = job.cfg.soundscapes.pseudo_rounds and newest_is_best(progress.history, metric)
     state = checkpoint_state(job, progress)  # collective: every process contributes its RNG state
+    validated = state["model"] if state["ema"] is None else state["ema"]
     if job.distributed.is_main:
         if round_best:
-            atomic_save(state["model"], job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+            atomic_save(validated, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
         if job_best:
-            atomic_save(state["model"], job.env.checkpoint_dir / BEST_OF_ALL_ROUNDS_FILE)
+            atomic_save(validated, job.env.checkpoint_dir / BEST_OF_ALL_ROUNDS_FILE)
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
 
 
@@ -333,6 +335,7 @@ def checkpoint_state(job: Job, progress: Progress) -> dict:
     trainer = job.trainer
     return {
         "model": unwrap(trainer.model).state_dict(),
+        "ema": None if trainer.ema is None else trainer.ema.module.state_dict(),  # what is validated and kept
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -375,6 +378,7 @@ def resume(job: Job) -> Progress:
     check_compatible(state, job)
     trainer, optim = job.trainer, job.cfg.optim
     unwrap(trainer.model).load_state_dict(state["model"])
+    resume_ema(trainer, state)
     resume_config.load_optimizer_state(
         trainer.optimizer,
         trainer.scheduler,
@@ -401,6 +405,17 @@ def resume(job: Job) -> Progress:
     rounds.resume(job, state, progress)
     logger.info("Resumed at epoch=%d batch=%d step=%d", progress.epoch + 1, progress.batches_done, progress.step)
     return progress
+
+
+def resume_ema(trainer: Trainer, state: dict) -> None:
+    """The saved average; a checkpoint without one (`ema_decay` was 0) starts it from the saved weights."""
+    if trainer.ema is None:
+        return
+    if state.get("ema") is None:
+        logger.info("resume: the checkpoint holds no weight average (ema_decay was 0); it starts from its weights")
+        ema.reset(trainer.ema, state["model"])
+    else:
+        ema.reset(trainer.ema, state["ema"])
 
 
 def check_compatible(state: dict, job: Job) -> None:
@@ -457,7 +472,7 @@ def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
     model comes from the best epoch's checkpoint if it is still kept, else from the newest one that
     loads: a finished run never ends in an internal error, nor without a model.
     """
-    current = unwrap(job.trainer.model).state_dict()
+    current = job.trainer.evaluated_model.state_dict()
     name = BEST_OF_ALL_ROUNDS_FILE if job.cfg.soundscapes.pseudo_rounds else BEST_WEIGHTS_FILE
     path = job.env.checkpoint_dir / name
     if not path.is_file():
@@ -478,7 +493,7 @@ def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
     epoch, best_epoch = state["progress"]["epoch"], best["epoch"] if best else None
     note = "the best epoch" if epoch == best_epoch else f"the newest that loads; the best epoch was {best_epoch}"
     logger.warning("The model is written with the weights of %s (epoch %d, %s)", source.name, epoch, note)
-    return state["model"]
+    return state["model"] if state.get("ema") is None else state["ema"]
 
 
 def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -69,9 +70,15 @@ class Trainer:
     distributed: Distributed
     # Training-only, on the device; the default augments nothing. Validation never uses it.
     augment: Augmentations = field(default_factory=Augmentations)
+    ema: ModelEmaV3 | None = None  # the averaged weights (`ema_decay`), birdsed.training.ema
 
     def limit_reached(self, progress: Progress) -> bool:
         return bool(self.max_steps) and progress.step >= self.max_steps
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What is validated, selected and saved as the model: the averaged weights when there are any."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -177,6 +184,8 @@ def finish_step(trainer: Trainer, progress: Progress, losses: list[torch.Tensor]
         skip_nonfinite_step(trainer, progress, local_values, norm.item())
     else:
         trainer.scaler.step(trainer.optimizer)
+        if trainer.ema is not None:
+            trainer.ema.update(unwrap(trainer.model), step=progress.step + 1)
         progress.epoch_loss_sum += loss_sum
         progress.epoch_loss_batches += int(batches)
         progress.consecutive_nonfinite = 0
@@ -215,7 +224,11 @@ def evaluate(trainer: Trainer, loader: DataLoader, truth: np.ndarray, stop: Stop
     """
     if len(truth) == 0:
         return {"val_loss": math.nan, "val_cmap": math.nan, "val_auc": math.nan, "scores": np.zeros((0, 0))}
-    trainer.model.eval()
+    # Without an average, through the DDP wrapper, which hands rank 0's batch-norm statistics to every process.
+    model = trainer.model if trainer.ema is None else trainer.evaluated_model
+    if trainer.ema is not None:  # each process averages its own batch-norm statistics
+        trainer.distributed.broadcast_buffers(model)
+    model.eval()
     sampler: ShardSampler = loader.sampler
     loss_sum, count, scores = 0.0, 0, []
     for batch in loader:
@@ -225,7 +238,7 @@ def evaluate(trainer: Trainer, loader: DataLoader, truth: np.ndarray, stop: Stop
         size = len(batch["waveform"])
         real = (torch.arange(size, device=trainer.device) + count) < sampler.real  # False: padding
         with trainer.precision.autocast():
-            outputs = trainer.model(batch["waveform"])
+            outputs = model(batch["waveform"])
         if real.any():
             loss = trainer.loss_fn(outputs, batch["target"], real.float())
             loss_sum += loss.item() * real.sum().item()

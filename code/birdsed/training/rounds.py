@@ -37,7 +37,7 @@ from birdsed.optim import cosine_scheduler, warmup_steps
 from birdsed.optim import create_scheduler as create_focal_scheduler
 from birdsed.predict import LoadedModel, Predictor
 from birdsed.sm_env import SageMakerEnv
-from birdsed.training import pseudo, selection
+from birdsed.training import ema, pseudo, selection
 from birdsed.training.distributed import Distributed, unwrap
 from birdsed.training.loop import Progress
 from birdsed.training.signals import StopRequest
@@ -154,7 +154,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_ep
 
 def loaded_model(job: Job) -> LoadedModel:
     """The model being trained, as `code/predict.py`'s predictor takes it."""
-    return LoadedModel(unwrap(job.trainer.model), job.data.labels, job.cfg)
+    return LoadedModel(job.trainer.evaluated_model, job.data.labels, job.cfg)
 
 
 def score_epoch(job: Job, result: dict, stop: StopRequest) -> dict | None:
@@ -279,6 +279,8 @@ def load_best_weights(job: Job, path: Path, round_number: int) -> None:
         logger.warning("No best weights of round %d in %s: the next round starts from the latest", round_number, path)
         return
     unwrap(job.trainer.model).load_state_dict(state)
+    if job.trainer.ema is not None:
+        ema.reset(job.trainer.ema, state)
 
 
 def worker_options(job: Job) -> dict:

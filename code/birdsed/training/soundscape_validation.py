@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from birdsed.config import Config
@@ -83,13 +82,6 @@ def load(windows: LabelledWindows, cfg: Config, group: Distributed) -> Soundscap
     return SoundscapeValidation(windows.truth, stacked, np.asarray(owners, dtype=np.int64), mine, chunk, chunks)
 
 
-def sync_buffers(model: nn.Module, group: Distributed) -> None:
-    """Batch-norm statistics as the first process has them, so every process scores the same model."""
-    if group.enabled:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
 def score_pieces(predictor: Predictor, pieces: np.ndarray) -> np.ndarray:
     """int16 pieces `[S, samples]` -> clip-wise probabilities `[S, K]`, by `code/predict.py`'s predictor."""
     return predictor.predict_windows(pieces.astype(np.float32) * (1.0 / PCM_SCALE))["clipwise"]
@@ -122,7 +114,7 @@ def evaluate_soundscapes(
     `model` is the trained model (the DDP wrapper, if any); `loaded` holds its unwrapped module.
     `stop_requested()` is asked once per chunk, by every process together.
     """
-    sync_buffers(loaded.model, group)
+    group.broadcast_buffers(loaded.model)
     model.eval()
     predictor = Predictor(loaded, device, validation.chunk // CHUNK_BATCHES, precision)
     parts = [np.zeros((0, len(loaded.labels)), dtype=np.float32)]
