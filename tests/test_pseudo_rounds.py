@@ -130,7 +130,10 @@ def test_a_kill_in_the_middle_of_round_2_resumes_in_round_2_with_the_same_pseudo
 
 def test_two_processes_share_the_soundscapes_and_gather_every_window(tmp_path, channels):
     base = tmp_path / "job"
-    hyperparameters = {**ROUND_HYPERPARAMETERS, "pseudo_rounds": 1, "pseudo_epochs": 1, "nproc_per_node": 2}
+    # With a weight average too: its batch-norm statistics are shared for scoring and it restarts at the round.
+    hyperparameters = {
+        **ROUND_HYPERPARAMETERS, "pseudo_rounds": 1, "pseudo_epochs": 1, "nproc_per_node": 2, "ema_decay": 0.9
+    }  # fmt: skip
     local_job.layout(base, channels, hyperparameters)
     completed = subprocess.run(
         local_job.toolkit_train_command(), env=toolkit_env(base, free_port()), capture_output=True, text=True,
