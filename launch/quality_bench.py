@@ -18,8 +18,10 @@ on the held-out ones (`baseline_auc`). One line per configuration:
     config=NAME heldout_auc=X heldout_top1=X train_auc=X train_heldout_gap=X baseline_auc=X
         baseline_top1=X best_val_auc=X job_baseline_val_auc=X steps=N minutes=X cpu_minutes=X
 
-`minutes` is the job's wall time, `cpu_minutes` the CPU time of the job and its workers (on a shared
-machine the wall time depends on the load; the CPU time much less). See docs/recipe.md for the figures.
+A job with `ema_decay` also gets `last_raw_heldout_auc` and `last_ema_heldout_auc`: its last checkpoint's raw
+and averaged weights, scored the same way (a paired comparison within one run). `minutes` is the job's wall
+time, `cpu_minutes` the CPU time of the job and its workers (on a shared machine the wall time depends on the
+load; the CPU time much less). See docs/recipe.md for the figures.
 
 One training seed says little on a small dataset: on real_birds the same configuration scored 0.762 and 0.834
 held-out with `seed=0` and `seed=1`. `--seeds S ...` trains every configuration once per seed (as
@@ -50,6 +52,7 @@ from birdsed import predict, quality
 from birdsed.data import cache, metadata
 from birdsed.errors import DataError
 from birdsed.export import window_samples
+from birdsed.training import checkpoint
 from birdsed_launch import local_job
 
 SAMPLE_RATE = 32000
@@ -154,7 +157,23 @@ def evaluate(job: dict[str, object], split: Split, train_windows: int, device: t
         "heldout_top1": quality.top1_accuracy(heldout_truth, heldout),
         "train_auc": quality.auc(train_truth, training),
     }
-    return {**scores, "train_heldout_gap": scores["train_auc"] - scores["heldout_auc"]}
+    scores["train_heldout_gap"] = scores["train_auc"] - scores["heldout_auc"]
+    return {**scores, **last_epoch_pair(Path(job["base"]), loaded, split)}
+
+
+def last_epoch_pair(base: Path, loaded: predict.LoadedModel, split: Split) -> dict[str, float]:
+    """With `ema_decay`: held-out AUC of the last epoch's raw and averaged weights, a paired comparison (one run)."""
+    newest = checkpoint.list_checkpoints(base / "checkpoints")
+    state = torch.load(newest[-1], map_location="cpu", weights_only=True) if newest else {}
+    if state.get("ema") is None:
+        return {}
+    pair = {}
+    for key in ("model", "ema"):
+        loaded.model.load_state_dict(state[key])
+        predictor = predict.create_predictor(loaded, batch_size=32, amp=False)
+        scores = quality.model_scores(predictor, split.heldout_waveforms, window_samples(loaded.cfg))
+        pair[f"last_{'raw' if key == 'model' else 'ema'}_heldout_auc"] = quality.auc(split.truth(split.heldout), scores)
+    return pair
 
 
 def summary_line(name: str, job: dict[str, object], scores: dict[str, float], reference: dict[str, float]) -> str:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from birdsed.config import TINY_HYPERPARAMETERS, from_hyperparameters
+from birdsed.models import create_model
+from birdsed.predict import LoadedModel
 from conftest import load_launch_script
 
 
@@ -101,3 +106,28 @@ def test_main_trains_each_seed_and_prints_every_run_and_the_mean(tmp_path, monke
     assert [line["config"] for line in lines] == ["b0_seed0", "b0_seed1", "b0"]
     assert [line["heldout_auc"] for line in lines[:2]] == ["0.7000", "0.8000"]
     assert lines[2]["seeds"] == "0,1" and float(lines[2]["heldout_auc_mean"]) == pytest.approx(0.75)
+
+
+def test_a_job_with_a_weight_average_scores_its_last_raw_and_averaged_weights(tmp_path):
+    bench = load_script()
+    cfg = from_hyperparameters({**TINY_HYPERPARAMETERS, "duration": 1})
+    torch.manual_seed(0)
+    model = create_model(cfg, 2).eval()
+    raw = {name: value.clone() for name, value in model.state_dict().items()}
+    averaged = create_model(cfg, 2).state_dict()  # other weights: other scores
+    truth = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    waveforms = [np.random.default_rng(index).normal(size=32000).astype(np.float32) for index in range(4)]
+    split = SimpleNamespace(heldout_waveforms=waveforms, truth=lambda rows: truth, heldout=None)
+    loaded = LoadedModel(model=model, labels=["a", "b"], cfg=cfg)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"model": raw, "ema": averaged}, tmp_path / "checkpoints" / "checkpoint-00000010.pt")
+    pair = bench.last_epoch_pair(tmp_path, loaded, split)
+    assert set(pair) == {"last_raw_heldout_auc", "last_ema_heldout_auc"}
+    assert all(0.0 <= value <= 1.0 for value in pair.values())
+
+    torch.save({"model": raw, "ema": raw}, tmp_path / "checkpoints" / "checkpoint-00000020.pt")  # the newest
+    same = bench.last_epoch_pair(tmp_path, loaded, split)
+    assert same["last_raw_heldout_auc"] == same["last_ema_heldout_auc"] == pair["last_raw_heldout_auc"]
+
+    torch.save({"model": raw, "ema": None}, tmp_path / "checkpoints" / "checkpoint-00000030.pt")
+    assert bench.last_epoch_pair(tmp_path, loaded, split) == {}
