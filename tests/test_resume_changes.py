@@ -94,6 +94,20 @@ def test_a_new_lr_and_epochs_take_effect_on_resume_and_are_logged(trained, tmp_p
     assert state["config"]["optim"]["lr"] == 1e-3
 
 
+def test_turning_on_ema_decay_on_resume_starts_the_average_from_the_checkpoints_weights(trained, tmp_path, capsys):
+    base = copy_of(trained, tmp_path)
+    first = torch.load(list_checkpoints(base / "checkpoints")[-1], weights_only=True)
+    assert first["ema"] is None  # ema_decay was 0
+    del first["ema"]  # as a checkpoint of a version before the average has it: no entry at all
+    atomic_save(first, list_checkpoints(base / "checkpoints")[-1])
+    resumed = {**FIRST, "epochs": 2, "ema_decay": 0.9}
+    assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments(resumed)) == 0
+    output = capsys.readouterr().out
+    assert "resume: the checkpoint holds no weight average (ema_decay was 0); it starts from its weights" in output
+    state = torch.load(list_checkpoints(base / "checkpoints")[-1], weights_only=True)
+    assert state["ema"] is not None and state["ema"].keys() == state["model"].keys()
+
+
 def test_a_damaged_best_model_at_the_end_falls_back_to_the_checkpoint(trained, tmp_path, capsys):
     base = copy_of(trained, tmp_path)
     best = base / "checkpoints" / "best_model.pt"
