@@ -267,13 +267,18 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     round_best = newest_is_best(progress.history, metric, progress.round)
     job_best = job.cfg.soundscapes.pseudo_rounds and newest_is_best(progress.history, metric)
     state = checkpoint_state(job, progress)  # collective: every process contributes its RNG state
-    validated = state["model"] if state["ema"] is None else state["ema"]
+    validated = validated_weights(state)
     if job.distributed.is_main:
         if round_best:
             atomic_save(validated, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
         if job_best:
             atomic_save(validated, job.env.checkpoint_dir / BEST_OF_ALL_ROUNDS_FILE)
         save_checkpoint(job.env.checkpoint_dir, state, progress.step, job.cfg.run.checkpoint_keep)
+
+
+def validated_weights(state: dict) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights that validation scored: the average with `ema_decay`, else the raw ones."""
+    return state["model"] if state.get("ema") is None else state["ema"]
 
 
 def newest_is_best(history: list[dict], metric: str, round_number: int | None = None) -> bool:
@@ -493,7 +498,7 @@ def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
     epoch, best_epoch = state["progress"]["epoch"], best["epoch"] if best else None
     note = "the best epoch" if epoch == best_epoch else f"the newest that loads; the best epoch was {best_epoch}"
     logger.warning("The model is written with the weights of %s (epoch %d, %s)", source.name, epoch, note)
-    return state["model"] if state.get("ema") is None else state["ema"]
+    return validated_weights(state)
 
 
 def weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str | None:

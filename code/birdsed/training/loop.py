@@ -224,10 +224,11 @@ def evaluate(trainer: Trainer, loader: DataLoader, truth: np.ndarray, stop: Stop
     """
     if len(truth) == 0:
         return {"val_loss": math.nan, "val_cmap": math.nan, "val_auc": math.nan, "scores": np.zeros((0, 0))}
-    # Without an average, through the DDP wrapper, which hands rank 0's batch-norm statistics to every process.
-    model = trainer.model if trainer.ema is None else trainer.evaluated_model
-    if trainer.ema is not None:  # each process averages its own batch-norm statistics
-        trainer.distributed.broadcast_buffers(model)
+    if trainer.ema is None:
+        model = trainer.model  # the DDP wrapper hands rank 0's batch-norm statistics to every process
+    else:
+        model = trainer.ema.module
+        trainer.distributed.broadcast_buffers(model)  # each process averages its own batch-norm statistics
     model.eval()
     sampler: ShardSampler = loader.sampler
     loss_sum, count, scores = 0.0, 0, []
