@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from birdsed.commands import train as train_command
@@ -81,6 +82,22 @@ def test_damaged_arrays_are_found_at_start_named_counted_and_limited(prepared, t
     cfg = from_hyperparameters({**FAST_HYPERPARAMETERS, "max_skipped_fraction": 0.4})
     with pytest.raises(DataError, match=r"4 of the 8 recordings in the 'train' channel \(50%\) could not be used"):
         loaders.load_training_data(cfg, damaged, None)
+
+
+def test_odd_arrays_get_a_reason_each(tmp_path):
+    """A folder, a 2-D array, a float array and a header longer than what the check reads."""
+    folder = tmp_path / "folder.npy"
+    folder.mkdir()
+    square, floats = tmp_path / "square.npy", tmp_path / "floats.npy"
+    np.save(square, np.zeros((4, 4), np.int16))
+    np.save(floats, np.zeros(16, np.float32))
+    long_header = tmp_path / "long_header.npy"
+    header = b"{'descr': '<i2', 'fortran_order': False, 'shape': (16,), }".ljust(cache.HEADER_BYTES + 63) + b"\n"
+    long_header.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(32))
+    assert cache.check_array(folder, 16).startswith("cache array unreadable")
+    assert cache.check_array(square, 16) == "cache array is not mono int16 (shape (4, 4), dtype int16)"
+    assert cache.check_array(floats, 16) == "cache array is not mono int16 (shape (16,), dtype float32)"
+    assert cache.check_array(long_header, 16).startswith("cache array unreadable")
 
 
 def test_a_damaged_noise_cache_is_skipped_file_by_file_and_limited(prepared, tmp_path, caplog):

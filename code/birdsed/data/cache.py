@@ -23,6 +23,7 @@ persistent workers hold no file handles between items ("too many open files" on 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import mmap
@@ -55,6 +56,9 @@ SCALE = PCM_SCALE
 SUFFIX = ".npy"
 # Headers checked at once at the start of a job (I/O-bound: a streamed channel fetches each one).
 CHECK_THREADS = 16
+# What a header check reads: numpy pads a 1-D array's header to 128 bytes, so this is ample; a file
+# whose header does not fit is not one prepare wrote, and is named unreadable.
+HEADER_BYTES = 4096
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -163,6 +167,51 @@ def open_for_training(root: Path, channel: str, sample_rate: int) -> CacheIndex:
     return index
 
 
+@dataclass(frozen=True)
+class ArrayHead:
+    """What `check_array` reads of a cache array: its size and first bytes, or why it could not."""
+
+    size: int = 0
+    head: bytes = b""
+    problem: str | None = None
+
+
+def read_head(path: Path) -> ArrayHead:
+    """The I/O half of `check_array`: the file's size and its first `HEADER_BYTES` bytes."""
+    too_long = metadata.name_too_long(str(path))
+    if too_long:
+        return ArrayHead(problem=too_long)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return ArrayHead(problem="cache array is empty (0 bytes; an interrupted copy?)")
+        with open(path, "rb") as handle:
+            return ArrayHead(size=size, head=handle.read(HEADER_BYTES))
+    except FileNotFoundError:
+        return ArrayHead(problem="cache array missing (train_audio/<filename>.npy)")
+    except OSError as error:
+        return ArrayHead(problem=f"cache array unreadable ({error})")
+
+
+def check_head(head: ArrayHead, samples: int) -> str | None:
+    """The parsing half of `check_array`: why `head` is not an array of `samples` int16 samples, or None."""
+    if head.problem:
+        return head.problem
+    try:
+        shape, dtype, offset = _read_header(io.BytesIO(head.head))
+    except (ValueError, EOFError) as error:
+        return f"cache array unreadable ({error})"
+    if len(shape) != 1 or dtype != np.int16:
+        return f"cache array is not mono int16 (shape {shape}, dtype {dtype})"
+    if shape[0] != samples:
+        return f"cache array holds {shape[0]} samples where cache.json says {samples}"
+    expected = offset + samples * dtype.itemsize
+    if head.size != expected:
+        damage = "truncated" if head.size < expected else "too long"
+        return f"cache array {damage}: {head.size} bytes, expected {expected}"
+    return None
+
+
 def check_array(path: Path, samples: int) -> str | None:
     """Why the cache array at `path` cannot be used, or None when it holds `samples` int16 samples.
 
@@ -170,34 +219,19 @@ def check_array(path: Path, samples: int) -> str | None:
     is cheap; it finds what an interrupted copy (`aws s3 sync`) leaves under the final names:
     empty files, truncated files, files that are not arrays at all.
     """
-    too_long = metadata.name_too_long(str(path))
-    if too_long:
-        return too_long
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return "cache array is empty (0 bytes; an interrupted copy?)"
-        with open(path, "rb") as handle:
-            shape, dtype, offset = _read_header(handle)
-    except FileNotFoundError:
-        return "cache array missing (train_audio/<filename>.npy)"
-    except (OSError, ValueError, EOFError) as error:
-        return f"cache array unreadable ({error})"
-    if len(shape) != 1 or dtype != np.int16:
-        return f"cache array is not mono int16 (shape {shape}, dtype {dtype})"
-    if shape[0] != samples:
-        return f"cache array holds {shape[0]} samples where cache.json says {samples}"
-    expected = offset + samples * dtype.itemsize
-    if size != expected:
-        return f"cache array {'truncated' if size < expected else 'too long'}: {size} bytes, expected {expected}"
-    return None
+    return check_head(read_head(path), samples)
 
 
 def check_arrays(root: Path, names: list[str], samples: list[int]) -> list[str | None]:
-    """`check_array` for many recordings, in threads: on a streamed (FastFile) channel each header is a read."""
+    """`check_array` for many recordings: the reads in threads (on a streamed FastFile channel each
+    header is a fetch), the parsing in this one, because numpy parses a header with `ast`, and
+    CPython 3.11's parser is not safe to run in threads at once (gh-106905: a spurious
+    "SystemError: AST constructor recursion depth mismatch", seen in CI on 3.11.7).
+    """
     paths = [array_path(root, name) for name in names]
     with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
-        return list(pool.map(check_array, paths, samples))
+        heads = list(pool.map(read_head, paths))
+    return [check_head(head, count) for head, count in zip(heads, samples, strict=True)]
 
 
 def usable_recordings(root: Path, channel: str, sample_rate: int) -> tuple[pd.DataFrame, int]:
