@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from birdsed_launch import local_job
@@ -23,7 +25,8 @@ DDP_HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "batch_size": 8, "val_fraction": 
 
 def toolkit_env(base, port: int) -> dict[str, str]:
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_PROGRAM": "train.py"}
-    env.update(MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    # PYTHONFAULTHANDLER: a process sent SIGABRT prints its Python stack (how a hang shows where it hangs)
+    env.update(MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", PYTHONFAULTHANDLER="1")
     env.pop("SM_HPS", None)
     return env
 
@@ -31,8 +34,9 @@ def toolkit_env(base, port: int) -> dict[str, str]:
 def run_together(jobs: list[tuple[list[str], dict[str, str], Path]], timeout: float) -> list[tuple[int, str]]:
     """(exit code, output) of (command, env, job directory)s run side by side; output in `<directory>/stdout.txt`.
 
-    When one fails or time runs out, the others are killed: a "host" whose master is gone waits 10 minutes
-    for it. Their outputs come back either way, so a failure shows every host's own reason.
+    When one fails or time runs out, the others are stopped: a "host" whose master is gone waits 10 minutes
+    for it. Their outputs come back either way, so a failure shows every host's own reason, and a hang
+    each process's stack.
     """
     processes = []
     for command, env, directory in jobs:
@@ -45,11 +49,32 @@ def run_together(jobs: list[tuple[list[str], dict[str, str], Path]], timeout: fl
         if time.monotonic() > deadline or any(process.poll() for process in processes):
             for process in processes:
                 if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGKILL)  # with the ranks torchrun started
+                    dump_stacks_and_kill(process)
         time.sleep(0.5)
     return [
         (process.returncode, (job[2] / "stdout.txt").read_text()) for process, job in zip(processes, jobs, strict=True)
     ]
+
+
+def dump_stacks_and_kill(process: subprocess.Popen) -> None:
+    """Every process under the toolkit's prints its stack (SIGABRT, faulthandler), the toolkit passes it on,
+    then the whole session is killed (with the ranks torchrun started)."""
+    try:
+        below = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    for child in below:  # one at a time, so their stacks do not interleave
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signal.SIGABRT)
+        time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run_job(base: Path, env: dict[str, str], timeout: float = 420) -> tuple[int, str]:
+    """(exit code, output) of the toolkit's `train` in the job folder `base`; a hang ends with every stack."""
+    return run_together([(local_job.toolkit_train_command(), env, base)], timeout)[0]
 
 
 def metrics(base) -> dict:
@@ -60,9 +85,8 @@ def test_one_host_two_processes_learn_and_resume(tmp_path, synthetic_dataset):
     base = tmp_path / "job"
     local_job.layout(base, {"train": synthetic_dataset}, {**DDP_HYPERPARAMETERS, "nproc_per_node": 2, "epochs": 8})
     env = toolkit_env(base, free_port())
-    first = subprocess.run(local_job.toolkit_train_command(), env=env, capture_output=True, text=True, check=False)
-    output = first.stdout + first.stderr
-    assert first.returncode == 0, output[-4000:]
+    code, output = run_job(base, env)
+    assert code == 0, output[-6000:]
     assert "torch.distributed.run" in output and "--nproc_per_node=2" in output
     assert "world_size=2" in output and "effective_batch_size=16" in output
     assert output.count("Model written to") == 1  # only rank 0 writes
@@ -70,9 +94,9 @@ def test_one_host_two_processes_learn_and_resume(tmp_path, synthetic_dataset):
     assert metrics(base)["best"]["val_auc"] > 0.85, metrics(base)["best"]
 
     local_job.layout(base, {"train": synthetic_dataset}, {**DDP_HYPERPARAMETERS, "nproc_per_node": 2, "epochs": 9})
-    second = subprocess.run(local_job.toolkit_train_command(), env=env, capture_output=True, text=True, check=False)
-    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
-    assert "Resumed at epoch=9 batch=0" in second.stdout
+    code, output = run_job(base, toolkit_env(base, free_port()))  # a new port, as a restarted job's new host has
+    assert code == 0, output[-6000:]
+    assert "Resumed at epoch=9 batch=0" in output
     assert [record["epoch"] for record in metrics(base)["history"]] == list(range(1, 10))
 
 
