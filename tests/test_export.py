@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
@@ -32,17 +31,10 @@ def eager_probabilities(cfg, state_dict, waveform):
 
 
 @pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # inside torch.export.load
-@pytest.mark.parametrize("freq_pool", ["mean", "bands"])
-def test_export_matches_the_eager_model_for_any_batch_size(tmp_path, trained_like, freq_pool):
+def test_export_matches_the_eager_model_for_any_batch_size(tmp_path, trained_like):
     cfg, state_dict = trained_like
-    if freq_pool == "bands":  # and ONNX: the band weights are an einsum
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freq_pool="bands"))
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, export_onnx=True))
-        torch.manual_seed(1)
-        state_dict = create_model(cfg, len(LABELS)).state_dict()
     status = export.export_model_dir(tmp_path, state_dict, LABELS, cfg)
     assert status["status"] == "ok", status
-    assert status.get("onnx", {"status": "ok"})["status"] == "ok", status
     assert status["input_samples"] == 48000 and status["sample_rate"] == 16000
     json.dumps(status)  # it goes into metrics.json
     program = torch.export.load(tmp_path / export.EXPORT_FILE).module()

@@ -34,33 +34,15 @@ def test_heads_name_clipwise_and_framewise_logits(head):
     assert (outputs["clipwise_logits"] >= frames.min(dim=1).values - 1e-5).all()
 
 
-@pytest.mark.parametrize("freq_pool", ["mean", "bands"])
 @pytest.mark.parametrize("head", ["attention", "chrononet"])
-def test_every_parameter_gets_a_finite_gradient(head, freq_pool):
-    model = create_model(from_hyperparameters({**SMALL, "head": head, "freq_pool": freq_pool}), num_classes=4)
+def test_every_parameter_gets_a_finite_gradient(head):
+    model = create_model(from_hyperparameters({**SMALL, "head": head}), num_classes=4)
     outputs = model(torch.randn(3, 16000) * 0.1)
     (outputs["clipwise_logits"].sum() + outputs["framewise_logits"].sum()).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name
     assert all(torch.isfinite(value).all() for value in outputs.values())
-
-
-@pytest.mark.parametrize("head", ["attention", "chrononet"])
-def test_band_pooling_starts_as_the_mean_with_a_weight_per_channel_and_band(head):
-    torch.manual_seed(0)
-    tall = {**SMALL, "head": head, "n_mels": 128}  # 4 rows of features after the backbone's stride of 32
-    mean = create_model(from_hyperparameters(tall), num_classes=4).eval()
-    bands = create_model(from_hyperparameters({**tall, "freq_pool": "bands"}), num_classes=4).eval()
-    missing = bands.load_state_dict(mean.state_dict(), strict=False).missing_keys
-    assert missing == ["head.frequency.weight"]  # the only new parameter; a mean model has none
-    waveform = torch.randn(2, 16000) * 0.1
-    rows = mean.backbone.forward_features(mean.frontend(waveform)).shape[2]
-    assert rows > 1 and bands.head.frequency.weight.shape == (mean.backbone.num_features, rows)
-    with torch.no_grad():
-        torch.testing.assert_close(bands(waveform)["clipwise_logits"], mean(waveform)["clipwise_logits"])
-        bands.head.frequency.weight[:, 0] += 1.0  # a channel that counts in the lowest band only
-        assert not torch.allclose(bands(waveform)["clipwise_logits"], mean(waveform)["clipwise_logits"])
 
 
 def test_freeze_backbone_trains_only_the_head_and_keeps_batchnorm_statistics():

@@ -134,7 +134,6 @@ def test_a_damaged_best_model_at_the_end_falls_back_to_the_checkpoint(trained, t
         ({"top_db": 60}, "top_db"),
         ({"backbone": "efficientnet_b0"}, "backbone"),
         ({"head": "chrononet"}, "head"),
-        ({"freq_pool": "bands"}, "freq_pool"),
         ({"gru_hidden": 64}, "gru_hidden"),
         ({"freeze_backbone": "true"}, "freeze_backbone"),
         ({"seed": 4}, "seed"),

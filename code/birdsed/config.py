@@ -62,13 +62,6 @@ class ModelConfig:
             " before it."
         ),
     )
-    freq_pool: Literal["mean", "bands"] = field(
-        default="mean",
-        metadata=_doc(
-            "How the head pools the backbone's frequency rows: `mean` (PANNs) or `bands` (each channel weighs "
-            "them with learnt weights, starting at the mean), so the head can tell where in frequency a feature is."
-        ),
-    )
     drop_rate: float = field(default=0.2, metadata=_range(0.0, 0.95, help="Dropout in the SED head."))
     drop_path_rate: float = field(
         default=0.1, metadata=_range(0.0, 0.95, help="Stochastic depth in the backbone (timm's `drop_path_rate`).")

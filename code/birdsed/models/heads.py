@@ -18,35 +18,15 @@ from birdsed.config import ModelConfig
 PRIOR_MIN, PRIOR_MAX = 1e-3, 0.5
 
 
-class FrequencyPool(nn.Module):
-    """Feature map `[B, C, F, T]` -> frames `[B, C, T]`.
-
-    Without `bands`, the F frequency rows are averaged (PANNs). With `bands` = F, each channel weighs
-    the rows with weights of its own, learnt from the mean (1/F each): a feature can then count in one
-    band and not in another, which a mean cannot tell apart and band-energy baselines live on
-    (`freq_pool=bands`, docs/recipe.md).
-    """
-
-    def __init__(self, channels: int, bands: int | None = None) -> None:
-        super().__init__()
-        self.weight = None if bands is None else nn.Parameter(torch.full((channels, bands), 1.0 / bands))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
-            return features.mean(dim=2)
-        return torch.einsum("bcft,cf->bct", features, self.weight.to(features.dtype))
-
-
 class AttentionSEDHead(nn.Module):
     """Feature map `[B, C, F, T]` -> named clip-wise and frame-wise logits.
 
-    Frequency is pooled away (`FrequencyPool`), neighbouring frames are smoothed (max + mean pooling),
-    and each class pools its frame-wise logits with its own softmax attention over time (PANNs' AttBlock).
+    Frequency is averaged away, neighbouring frames are smoothed (max + mean pooling), and each
+    class pools its frame-wise logits with its own softmax attention over time (PANNs' AttBlock).
     """
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.2, bands: int | None = None) -> None:
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.2) -> None:
         super().__init__()
-        self.frequency = FrequencyPool(in_features, bands)
         self.dropout = nn.Dropout(drop_rate)
         self.project = nn.Linear(in_features, in_features)
         self.attention = nn.Conv1d(in_features, num_classes, kernel_size=1)
@@ -60,7 +40,7 @@ class AttentionSEDHead(nn.Module):
         self.classifier.bias.copy_(torch.log(prior / (1 - prior)))
 
     def pool_frequency(self, features: torch.Tensor) -> torch.Tensor:
-        frames = self.frequency(features)  # [B, C, T]
+        frames = features.mean(dim=2)  # [B, C, T]
         return F.max_pool1d(frames, 3, stride=1, padding=1) + F.avg_pool1d(frames, 3, stride=1, padding=1)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,11 +68,8 @@ class ChronoNetHead(nn.Module):
     receptive field.
     """
 
-    def __init__(
-        self, in_features: int, num_classes: int, drop_rate: float = 0.2, hidden: int = 256, bands: int | None = None
-    ) -> None:
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.2, hidden: int = 256) -> None:
         super().__init__()
-        self.frequency = FrequencyPool(in_features, bands)
         self.sed = AttentionSEDHead(2 * hidden, num_classes, drop_rate)
         self.gru = nn.GRU(in_features, hidden, batch_first=True, bidirectional=True)
 
@@ -100,22 +77,19 @@ class ChronoNetHead(nn.Module):
         self.sed.set_prior(prior)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        frames = self.frequency(features).transpose(1, 2)  # [B, T, C]
+        frames = features.mean(dim=2).transpose(1, 2)  # [B, T, C]
         context, _ = self.gru(frames)  # [B, T, 2 * hidden]
         return self.sed(context.transpose(1, 2).unsqueeze(2))  # [B, 2 * hidden, 1, T]
 
 
-HEADS: dict[str, Callable[[int, int, ModelConfig, int | None], nn.Module]] = {
-    "attention": lambda channels, classes, cfg, bands: AttentionSEDHead(channels, classes, cfg.drop_rate, bands),
-    "chrononet": lambda channels, classes, cfg, bands: ChronoNetHead(
-        channels, classes, cfg.drop_rate, cfg.gru_hidden, bands
-    ),
+HEADS: dict[str, Callable[[int, int, ModelConfig], nn.Module]] = {
+    "attention": lambda channels, classes, cfg: AttentionSEDHead(channels, classes, cfg.drop_rate),
+    "chrononet": lambda channels, classes, cfg: ChronoNetHead(channels, classes, cfg.drop_rate, cfg.gru_hidden),
 }
 
 
-def create_head(cfg: ModelConfig, in_features: int, num_classes: int, bands: int | None = None) -> nn.Module:
-    """The SED head named by `cfg.head` on `in_features` backbone channels; `bands`: the feature map's
-    frequency rows, for band pooling (`freq_pool=bands`), None to average them."""
+def create_head(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    """The SED head named by `cfg.head` on top of `in_features` backbone channels."""
     if cfg.head not in HEADS:
         raise ValueError(f"unknown head '{cfg.head}'; choose one of {', '.join(HEADS)}")
-    return HEADS[cfg.head](in_features, num_classes, cfg, bands)
+    return HEADS[cfg.head](in_features, num_classes, cfg)

@@ -12,7 +12,6 @@ from birdsed.config import Config
 from birdsed.features import LogMelDeltas
 from birdsed.models.backbone import create_backbone
 from birdsed.models.heads import create_head
-from birdsed.models.probe import PROBE_SIZE, evaluating
 
 
 class SEDModel(nn.Module):
@@ -70,21 +69,13 @@ class SEDModel(nn.Module):
         return self.forward_spectrogram(spectrogram)
 
 
-@torch.no_grad()
-def feature_bands(backbone: nn.Module, n_mels: int) -> int:
-    """The frequency rows F of the backbone's feature map `[B, C, F, T]` for `n_mels` mel bands."""
-    with evaluating(backbone):
-        return backbone.forward_features(torch.zeros(1, 3, n_mels, PROBE_SIZE)).shape[2]
-
-
 def create_model(
     cfg: Config, num_classes: int, weights: Path | None = None, class_prior: np.ndarray | None = None
 ) -> SEDModel:
     """Build the model named by the config; `weights` initialises the backbone, `class_prior` (each class's
     share of positive targets in training) the classifier's bias when `head_bias=prior`."""
     backbone = create_backbone(cfg.model, weights)
-    bands = feature_bands(backbone, cfg.features.n_mels) if cfg.model.freq_pool == "bands" else None
-    head = create_head(cfg.model, backbone.num_features, num_classes, bands)
+    head = create_head(cfg.model, backbone.num_features, num_classes)
     if class_prior is not None and cfg.model.head_bias == "prior":
         head.set_prior(torch.as_tensor(class_prior, dtype=torch.float32))
     frontend = LogMelDeltas(cfg.data.sample_rate, cfg.features)

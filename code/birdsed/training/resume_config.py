@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SPLIT = "the train/validation split"
 # Settings a checkpoint cannot continue under, with why (the group named in the error).
 FIXED_SETTINGS = {
-    **dict.fromkeys(("backbone", "head", "freq_pool", "gru_hidden", "freeze_backbone"), "the model"),
+    **dict.fromkeys(("backbone", "head", "gru_hidden", "freeze_backbone"), "the model"),
     **dict.fromkeys(("sample_rate", "duration"), "the model's input"),
     **dict.fromkeys(("n_mels", "n_fft", "hop_length", "fmin", "fmax", "top_db"), "the spectrogram front end"),
     **dict.fromkeys(("seed", "val_fraction"), SPLIT),
