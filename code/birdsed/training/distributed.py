@@ -6,6 +6,7 @@ NCCL on GPUs, gloo on CPUs.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def barrier(self) -> None:
+        """Return when every process has come here."""
+        if self.enabled:
+            dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (batch-norm statistics) in `model` on every process, so all score the same model."""
         if self.enabled:
@@ -126,7 +132,9 @@ def setup(process: ProcessGroupEnv, always: bool = False) -> Distributed:
 
 
 def teardown() -> None:
+    """Leave the process group; the objects that still hold it (a DDP wrapper in a reference cycle) are freed first."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -77,17 +77,26 @@ def run(cfg: Config, env: SageMakerEnv) -> dict:
     """Train as configured; returns the best epoch's record."""
     group = distributed.setup(env.process, always=cfg.run.distributed == "always")
     try:
-        job = build_job(cfg, env, group)
-        progress = resume(job)
-        with StopRequest() as stop:
-            train_epochs(job, progress, stop)
-            while rounds.next_round_due(job, progress):
-                rounds.start_next_round(job, progress, stop, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
-                write_checkpoint(job, progress)
-                train_epochs(job, progress, stop)
-        return finish(job, progress)
+        return train(cfg, env, group)
     finally:
+        # After `train` returned, so the job (and the DDP wrapper, which holds the process group) is gone first.
         distributed.teardown()
+
+
+def train(cfg: Config, env: SageMakerEnv, group: Distributed) -> dict:
+    job = build_job(cfg, env, group)
+    progress = resume(job)
+    with StopRequest() as stop:
+        train_epochs(job, progress, stop)
+        while rounds.next_round_due(job, progress):
+            rounds.start_next_round(job, progress, stop, job.env.checkpoint_dir / BEST_WEIGHTS_FILE)
+            write_checkpoint(job, progress)
+            train_epochs(job, progress, stop)
+    best = finish(job, progress)
+    # The others wait while the first writes the outputs, so that no process tears the group down under another
+    # that still has the DDP wrapper and the group's connections (a process hung there, once, in CI).
+    group.barrier()
+    return best
 
 
 def build_job(cfg: Config, env: SageMakerEnv, group: Distributed) -> Job:
