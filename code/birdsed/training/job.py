@@ -94,7 +94,7 @@ def train(cfg: Config, env: SageMakerEnv, group: Distributed) -> dict:
             train_epochs(job, progress, stop)
     best = finish(job, progress)
     # The others wait while the first writes the outputs, so that no process tears the group down under another
-    # that still has the DDP wrapper and the group's connections (a process hung there, once, in CI).
+    # that still has the DDP wrapper and the group's connections: a process hung there twice in CI (development.md).
     group.barrier()
     return best
 
