@@ -107,8 +107,7 @@ def pseudo_label_quality(base: Path, workdir: Path, seed: int, duration: float) 
     """How right each round's kept pseudo-labels were: the synthetic unlabelled set's labels are known.
 
     `roundR_pseudo_auc` (macro ROC-AUC of the soft targets over the kept windows), `roundR_pseudo_top1`
-    (kept windows whose top class is present) and `roundR_kept_without_bird`; with no-bird windows,
-    `roundR_no_bird_windows` and `roundR_no_bird_windows_without_bird` (how many of them truly hold none).
+    (kept windows whose top class is present) and `roundR_kept_without_bird`.
     """
     files = sorted((base / "output" / "data").glob("pseudo_labels_round*.csv"))
     if not files:
@@ -132,11 +131,6 @@ def pseudo_label_quality(base: Path, workdir: Path, seed: int, duration: float) 
         kept, labels = kept[matched], [found for found in labels if found is not None]
         targets = np.array([[label in found for label in classes] for found in labels])
         scores = kept[classes].to_numpy()
-        no_bird = ~scores.any(axis=1)  # windows kept as no-bird windows (pseudo_negative_fraction)
-        if no_bird.any():
-            figures[f"{name}_no_bird_windows"] = str(no_bird.sum())
-            figures[f"{name}_no_bird_windows_without_bird"] = f"{(targets[no_bird].sum(axis=1) == 0).mean():.3f}"
-            kept, targets, scores = kept[~no_bird], targets[~no_bird], scores[~no_bird]
         top = targets[np.arange(len(kept)), scores.argmax(axis=1)]
         figures[f"{name}_pseudo_auc"] = f"{macro_roc_auc(targets, scores):.4f}"
         figures[f"{name}_pseudo_top1"] = f"{top.mean():.3f}"

@@ -330,36 +330,6 @@ def test_pseudo_labels_from_shares_in_any_order_are_one_sorted_set(tmp_path):
     ]
 
 
-def test_the_least_confident_windows_become_no_bird_windows_whatever_the_shares(tmp_path):
-    cfg = from_hyperparameters({"pseudo_threshold": 0.5, "pseudo_negative_fraction": 0.4}).soundscapes
-    first, second = pseudo._Kept.empty(), pseudo._Kept.empty()
-    first.add(np.array([2, 2, 0]), np.array([1, 0, 3]), np.array([[0.9, 0.0], [0.2, 0.3], [0.1, 0.2]]), cfg)
-    second.add(np.array([1, 1]), np.array([0, 1]), np.array([[0.05, 0.95], [0.2, 0.1]]), cfg)
-    files, windows = sound_files(3), first.windows + second.windows
-    count = round(cfg.pseudo_negative_fraction * windows)  # 2 of 5: the two lowest tops, 0.2 (f0 w3) and 0.2 (f1 w1)
-    parts = [first.arrays(), second.arrays()]
-    merged = pseudo.merge(1, [*parts, pseudo.no_bird_windows([part["rest"] for part in parts], count)], files, 10)
-    negatives = pseudo.no_bird_windows([part["rest"] for part in reversed(parts)], count)
-    swapped = pseudo.merge(1, [*reversed(parts), negatives], files, 10)
-    for name in ("file_index", "starts", "confidence", "indptr", "columns", "values"):
-        assert np.array_equal(getattr(merged, name), getattr(swapped, name)), name
-    # Sorted by recording then window: f0 w3 (no bird), f1 w0 (kept), f1 w1 (no bird), f2 w1 (kept); f2 w0's top
-    # (0.3) is the highest of those not kept, so it is left out.
-    assert [merged.files[i] for i in merged.file_index] == ["f0.ogg", "f1.ogg", "f1.ogg", "f2.ogg"]
-    assert merged.starts.tolist() == [30, 0, 10, 10]
-    assert np.allclose([merged.target(index, 2) for index in range(4)], [[0, 0], [0, 0.95], [0, 0], [0.9, 0]])
-    labels = dataclasses.replace(merged, windows=windows, mean_confidence=0.5, negatives=len(negatives["file"]))
-    torch.save({"pseudo": labels.state_dict()}, tmp_path / "c.pt")
-    restored = pseudo.PseudoLabels.from_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["pseudo"])
-    assert restored.summary() == "round=1 pseudo_windows=5 kept=2 mean_confidence=0.500000"
-    assert restored.negatives_summary() == "round=1 no_bird_windows=2 highest_top_probability=0.200000"
-    assert len(pseudo.no_bird_windows([part["rest"] for part in parts], 10)["file"]) == 3  # at most those not kept
-    off = from_hyperparameters({"pseudo_threshold": 0.5}).soundscapes
-    unused = pseudo._Kept.empty()
-    unused.add(np.array([0]), np.array([0]), np.array([[0.1, 0.1]]), off)
-    assert unused.arrays()["rest"].shape == (0, 3)  # nothing remembered when no-bird windows are off
-
-
 def focal_sampler(count: int, rank: int = 0, world_size: int = 1) -> WeightedEpochSampler:
     return WeightedEpochSampler(np.ones(50), num_samples=count, seed=3, rank=rank, world_size=world_size)
 

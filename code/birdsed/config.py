@@ -519,8 +519,7 @@ class SoundscapeConfig:
     Round 0 trains on the focal data; each round r >= 1 starts from round r-1's best weights, predicts
     every soundscape window, keeps those whose top probability is >= `pseudo_threshold` with soft
     targets `p ** pseudo_power` (below `pseudo_min`: 0) and swaps them into training batches, each item
-    with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`). With
-    `pseudo_negative_fraction`, the least confident windows join them as no-bird windows.
+    with probability `pseudo_p`, for `pseudo_epochs` epochs (0: as many as `epochs`).
     """
 
     pseudo_rounds: int = field(
@@ -548,20 +547,6 @@ class SoundscapeConfig:
     pseudo_p: float = field(
         default=0.4,
         metadata=_range(0.0, 1.0, help="Probability that a training item is swapped for a kept soundscape window."),
-    )
-    # A teacher trained on focal clips only has never been told what a soundscape without a bird sounds like.
-    pseudo_negative_fraction: float = field(
-        default=0.0,
-        metadata=_range(
-            0.0,
-            1.0,
-            help=(
-                "Fraction of all soundscape windows, those with the lowest top probability below"
-                " `pseudo_threshold`, kept as no-bird windows (all-zero targets) and swapped in like the"
-                " pseudo-labelled ones: the model learns the soundscapes' background, also mixed under focal"
-                " crops. 0: none."
-            ),
-        ),
     )
     pseudo_epochs: int = field(
         default=0, metadata=_range(0, 100000, help="Epochs per pseudo-label round; 0: as many as `epochs`.")

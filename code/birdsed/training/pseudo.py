@@ -10,11 +10,6 @@ order whatever the number of processes.
 Training then swaps pseudo-labelled windows into batches (`PseudoMixSampler`): every item of an
 epoch is, with probability `pseudo_p`, replaced by a kept window drawn uniformly. The swapped items
 go through the same augmentations as focal crops.
-
-With `pseudo_negative_fraction`, the windows the teacher is least sure hold any bird (the lowest top
-probabilities, all below `pseudo_threshold`) join the kept ones with all-zero targets: a model
-trained on focal clips only has never been shown a soundscape's background as "no bird", and the mix
-augmentation also lays them under focal crops, whose labels stay right.
 """
 
 from __future__ import annotations
@@ -76,7 +71,6 @@ class PseudoLabels:
     values: np.ndarray  # [nnz] soft target
     windows: int  # windows predicted (kept or not)
     mean_confidence: float  # mean top probability over all predicted windows
-    negatives: int = 0  # of the kept windows, those kept as no-bird windows (no target)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -90,13 +84,9 @@ class PseudoLabels:
     def summary(self) -> str:
         """The round's log line."""
         return (
-            f"round={self.round} pseudo_windows={self.windows} kept={len(self) - self.negatives} "
+            f"round={self.round} pseudo_windows={self.windows} kept={len(self)} "
             f"mean_confidence={self.mean_confidence:.6f}"
         )
-
-    def negatives_summary(self) -> str:
-        highest = self.confidence[self.indptr[1:] == self.indptr[:-1]].max(initial=0.0)
-        return f"round={self.round} no_bird_windows={self.negatives} highest_top_probability={highest:.6f}"
 
     def state_dict(self) -> dict:
         """Tensors and plain values only: checkpoints load with `weights_only=True`."""
@@ -106,7 +96,6 @@ class PseudoLabels:
             "files": list(self.files),
             "windows": self.windows,
             "mean_confidence": self.mean_confidence,
-            "negatives": self.negatives,
             **{name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in arrays},
         }
 
@@ -118,7 +107,6 @@ class PseudoLabels:
             files=list(state["files"]),
             windows=int(state["windows"]),
             mean_confidence=float(state["mean_confidence"]),
-            negatives=int(state.get("negatives", 0)),  # checkpoints from before no-bird windows
             values=state["values"].numpy(),
             **arrays,
         )
@@ -147,8 +135,7 @@ class WindowStream(IterableDataset):
 
 @dataclass
 class _Kept:
-    """What one process keeps while predicting: only the kept windows, with sparse targets (and, for no-bird
-    windows, 24 bytes per window not kept: 17 MB for 1,000 hours of 5 s windows)."""
+    """What one process keeps while predicting: only the kept windows, with sparse targets."""
 
     file: list[np.ndarray]
     window: list[np.ndarray]
@@ -156,7 +143,6 @@ class _Kept:
     rows: list[np.ndarray]
     columns: list[np.ndarray]
     values: list[np.ndarray]
-    rest: list[np.ndarray]  # [n, 3] file, window, top probability of the windows not kept (for no-bird windows)
     windows: int = 0
     confidence_sum: float = 0.0
     count: int = 0  # kept so far
@@ -164,7 +150,7 @@ class _Kept:
 
     @classmethod
     def empty(cls) -> _Kept:
-        return cls([], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [])
 
     def add(self, files: np.ndarray, windows: np.ndarray, probabilities: np.ndarray, cfg: SoundscapeConfig) -> None:
         top = probabilities.max(axis=1)
@@ -179,8 +165,6 @@ class _Kept:
         self.count += int(kept.sum())
         self.columns.append(columns)
         self.values.append(targets[kept][rows, columns])
-        if cfg.pseudo_negative_fraction:
-            self.rest.append(np.stack([files[~kept], windows[~kept], top[~kept]], axis=1).astype(np.float64))
 
     def arrays(self) -> dict[str, np.ndarray]:
         def join(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -193,7 +177,6 @@ class _Kept:
             "rows": join(self.rows, np.int64),
             "columns": join(self.columns, np.int64),
             "values": join(self.values, np.float32),
-            "rest": np.concatenate(self.rest) if self.rest else np.zeros((0, 3)),
         }
 
 
@@ -238,33 +221,16 @@ def label_round(
     parts = group.gather((local.arrays(), local.windows, local.confidence_sum, local.stopped))
     if any(part[3] for part in parts):
         return None
+    labels = merge(round_number, [part[0] for part in parts], files, length)
     windows = sum(part[1] for part in parts)
-    negatives = no_bird_windows([part[0]["rest"] for part in parts], round(cfg.pseudo_negative_fraction * windows))
-    labels = merge(round_number, [part[0] for part in parts] + [negatives], files, length)
     confidence = sum(part[2] for part in parts) / windows if windows else float("nan")
-    labels = dataclasses.replace(labels, windows=windows, mean_confidence=confidence, negatives=len(negatives["file"]))
+    labels = dataclasses.replace(labels, windows=windows, mean_confidence=confidence)
     seconds = time.perf_counter() - started
     logger.info(
         "Round %d: predicted %d soundscape windows of %d recordings in %.1f s (%.1f windows/s)",
         round_number, windows, len(files), seconds, windows / max(seconds, 1e-9),
     )  # fmt: skip
     return labels
-
-
-def no_bird_windows(rests: list[np.ndarray], count: int) -> dict[str, np.ndarray]:
-    """The `count` windows with the lowest top probability among those not kept, as a part for `merge` with no
-    targets; ties go to the earlier recording and window, so the choice does not depend on the processes."""
-    rest = np.concatenate(rests) if rests else np.zeros((0, 3))
-    chosen = rest[np.lexsort((rest[:, 1], rest[:, 0], rest[:, 2]))[:count]]
-    empty = np.zeros(0, dtype=np.int64)
-    return {
-        "file": chosen[:, 0].astype(np.int64),
-        "window": chosen[:, 1].astype(np.int64),
-        "confidence": chosen[:, 2].astype(np.float32),
-        "rows": empty,
-        "columns": empty,
-        "values": np.zeros(0, dtype=np.float32),
-    }
 
 
 def merge(

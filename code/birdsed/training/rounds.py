@@ -245,9 +245,7 @@ def start_next_round(job: Job, progress: Progress, stop: StopRequest, best_weigh
         path = job.env.output_data_dir / PSEUDO_LABELS_FILE.format(round=number)
         pseudo.write_csv(path, labels, job.data.labels, cfg.data.sample_rate, window_samples(cfg))
     metrics_logger.info(labels.summary())
-    if cfg.soundscapes.pseudo_negative_fraction:
-        metrics_logger.info(labels.negatives_summary())
-    warn_about_repeats(cfg, len(labels) - labels.negatives, len(job.data.train), number)
+    warn_about_repeats(cfg, len(labels), len(job.data.train), number)
 
 
 # A kept window drawn more often than this per epoch is more memorised than learnt from.
