@@ -64,22 +64,6 @@ def test_hp_overrides_reach_every_job_even_the_round_settings(tmp_path, monkeypa
     assert "seed0_rounds0_round1" not in output
 
 
-def test_no_bird_windows_are_counted_apart_from_the_pseudo_labelled_ones(tmp_path, monkeypatch):
-    experiment = load_script()
-    monkeypatch.setattr(demo, "unlabelled_soundscapes", write_answer_key)
-    output = tmp_path / "job" / "output" / "data"
-    output.mkdir(parents=True)
-    # Two no-bird windows (all-zero targets): y0 truly holds none, x3 holds b.
-    no_bird = "x.ogg,3,6,0.2,0,0\ny.ogg,0,3,0.1,0,0\n"
-    (output / "pseudo_labels_round1.csv").write_text(
-        PSEUDO_LABELS.splitlines()[0] + "\n" + no_bird + "x.ogg,0,3,0.9,0.9,0.2\n"
-    )
-    figures = experiment.pseudo_label_quality(tmp_path / "job", tmp_path, 0, 3.0)
-    assert figures["round1_no_bird_windows"] == "2"
-    assert figures["round1_no_bird_windows_without_bird"] == "0.500"
-    assert figures["round1_pseudo_top1"] == "1.000" and figures["round1_kept_without_bird"] == "0.000"
-
-
 def test_a_job_trains_afresh_when_the_experiment_runs_again(tmp_path, monkeypatch):
     experiment = load_script()
     base, channel = tmp_path / "seed0" / "rounds2", tmp_path / "train"
