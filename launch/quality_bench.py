@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -123,9 +122,7 @@ def baseline(split: Split, sample_rate: int) -> dict[str, float]:
 def train(name: str, hyperparameters: dict[str, str], split: Split, workdir: Path) -> dict[str, object]:
     """One job through the toolkit on `workdir/jobs/<name>`; its wall time, CPU time and outputs."""
     base = workdir / "jobs" / name
-    if base.exists():
-        shutil.rmtree(base)
-    local_job.layout(base, {"train": split.channel}, hyperparameters)
+    local_job.layout(base, {"train": split.channel}, hyperparameters, fresh=True)
     log = base.parent / f"{name}.log"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()

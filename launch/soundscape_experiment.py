@@ -44,8 +44,7 @@ ROUND_LINE = re.compile(r"^round=\d+ pseudo_windows=\d+ kept=\d+ mean_confidence
 
 def train(base: Path, channels: dict[str, Path], hyperparameters: dict[str, object]) -> tuple[Path, str, float]:
     """One job with the real toolkit, from scratch; returns its model dir, its log and its minutes."""
-    shutil.rmtree(base, ignore_errors=True)  # an earlier run's checkpoints would be resumed, not retrained
-    local_job.layout(base, channels, hyperparameters)
+    local_job.layout(base, channels, hyperparameters, fresh=True)
     started = time.monotonic()
     completed = local_job.run_toolkit(base, capture_output=True, text=True)
     (base / "job.log").write_text(completed.stdout + completed.stderr)

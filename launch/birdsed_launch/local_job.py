@@ -35,11 +35,15 @@ def layout(
     hyperparameters: Mapping[str, object],
     hosts: Sequence[str] = ("localhost",),
     current_host: str = "localhost",
+    fresh: bool = False,
 ) -> Path:
     """Create `base` as an `/opt/ml` tree: config files, channel links, the code; returns `base`.
 
-    `hosts` and `current_host` describe a multi-host job (one tree per host); they must resolve.
+    `hosts` and `current_host` describe a multi-host job (one tree per host); they must resolve. `fresh`
+    first removes what an earlier job left in `base`: the toolkit would resume its checkpoints, not train anew.
     """
+    if fresh and base.exists():
+        shutil.rmtree(base)
     write_config(base, channels, hyperparameters, hosts, current_host, interface="lo")
     data_dir = base / "input" / "data"
     data_dir.mkdir(parents=True, exist_ok=True)

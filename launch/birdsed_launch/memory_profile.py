@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "train_metadata.csv").is_file():
         make_dataset(data, species=6, recordings_per_species=10, seconds=(3.0, 8.0), seed=3)
     base = args.workdir / "opt_ml"
-    shutil.rmtree(base, ignore_errors=True)
     hyperparameters = {**TINY_HYPERPARAMETERS, "num_workers": 2, "epochs": args.epochs}
-    local_job.layout(base, {"train": data}, hyperparameters)
+    local_job.layout(base, {"train": data}, hyperparameters, fresh=True)
     completed = local_job.run_toolkit(base, capture_output=True, text=True)
     rows = [tuple(map(int, match.groups())) for match in MEMORY_LINE.finditer(completed.stdout)]
     if completed.returncode != 0 or len(rows) < 2:
