@@ -54,6 +54,48 @@ def test_the_best_epoch_is_the_best_by_the_chosen_metric():
     assert selection.best_record([], "val_auc") is None
 
 
+def test_chance_noise_is_large_on_small_sets_and_small_on_large_ones():
+    # Theory for one positive among n: the AUC is uniform on {0, 1/(n-1), ..., 1}, sd ~0.3; a macro mean of 16
+    # such classes ~0.3 / 4.
+    small = selection.chance_draws(one_per_class(16))
+    assert len(small["val_auc"]) == selection.CHANCE_DRAWS
+    assert 0.05 < np.std(small["val_auc"]) < 0.11
+    large = selection.chance_draws(one_per_class(16, per_class=60))
+    assert np.std(large["val_auc"]) < selection.SELECTION_NOISE_LIMIT
+    # The per-draw values average to the chance levels the job logs.
+    assert np.mean(small["val_cmap"]) == pytest.approx(selection.chance_levels(one_per_class(16))["val_cmap"])
+    empty = selection.chance_draws(np.zeros((0, 4), dtype=np.int64))
+    assert math.isnan(selection.chance_levels(np.zeros((0, 4), dtype=np.int64))["val_auc"])
+    assert all(math.isnan(values[0]) for values in empty.values())
+
+
+def test_auto_delivers_the_last_epoch_where_the_metric_cannot_rank_epochs_and_says_why():
+    noisy = {"val_cmap": 0.01, "val_auc": 0.08}
+    rule, reason = selection.choose_epoch_rule("auto", "val_auc", noisy, 16)
+    assert rule == "last"
+    assert "move val_auc by 0.080 (sd) on these 16 validation recordings, above 0.02" in reason
+    # The rule looks at the metric that selects: val_cmap barely moves here.
+    assert selection.choose_epoch_rule("auto", "val_cmap", noisy, 16)[0] == "best"
+    assert selection.choose_epoch_rule("auto", "val_auc", {"val_auc": math.nan}, 0)[0] == "best"
+    assert selection.choose_epoch_rule("best", "val_auc", noisy, 16) == ("best", "asked for")
+    assert selection.choose_epoch_rule("last", "val_cmap", {}, 900) == ("last", "asked for")
+    # A soundscape metric asked for by name keeps its best epoch (its noise is not the focal set's).
+    rule, reason = selection.choose_epoch_rule("auto", "val_soundscape_auc", noisy, 16)
+    assert rule == "best" and "select_epoch=last" in reason
+
+
+def test_the_delivered_epoch_follows_the_rule():
+    history = [{"epoch": 1, "val_auc": 0.81}, {"epoch": 2, "val_auc": 0.74}]
+    assert selection.chosen_record(history, "val_auc", "best")["epoch"] == 1
+    assert selection.chosen_record(history, "val_auc", "last")["epoch"] == 2
+    assert selection.chosen_record([], "val_auc", "last") is None
+    last = selection.ValidationReference("val_auc", "test", {"val_auc": 0.5}, epoch_rule="last")
+    assert last.delivered(history)["epoch"] == 2
+    assert last.describe_choice(history[1]) == "last epoch=2, select_epoch=last"
+    best = selection.ValidationReference("val_auc", "test", {"val_auc": 0.5})
+    assert best.describe_choice(history[0]) == "best epoch=1 by val_auc"
+
+
 def test_score_spread_tells_constant_predictions_from_informative_ones():
     truth = one_per_class(8, per_class=3)
     flat = np.full(truth.shape, 0.06) + np.random.default_rng(0).normal(0, 0.005, truth.shape)

@@ -383,6 +383,8 @@ def test_the_best_epoch_of_every_round_is_kept_and_an_earlier_rounds_win_is_said
     assert not job.newest_is_best([*history, {"epoch": 5, "round": 1, metric: float("nan")}], metric, 1)
     assert job.newest_is_best([*history, {"epoch": 5, "round": 2, metric: float("nan")}], metric, 2)
     assert not job.newest_is_best([{"epoch": 1, metric: 0.7}, {"epoch": 2, metric: float("nan")}], metric, 0)
+    # select_epoch=last: every newest epoch is the one kept, in its round and in the job.
+    assert job.newest_is_best(history, metric, rule="last") and job.newest_is_best(history, metric, 1, "last")
 
     best = selection.best_record(history, metric)
     assert (best["epoch"], best["round"]) == (2, 0)

@@ -445,6 +445,17 @@ class ValidationConfig:
             "soundscape metrics need the `soundscape_validation` channel."
         ),
     )
+    # Which epoch's weights become the model. auto: the last epoch when random scores move the selection metric
+    # by more than birdsed.training.selection.SELECTION_NOISE_LIMIT (sd) on this validation set, where the
+    # highest epoch is mostly the luckiest (docs/recipe.md); else the best epoch by `select_metric`.
+    select_epoch: Literal["auto", "best", "last"] = field(
+        default="auto",
+        metadata=_doc(
+            "Which epoch becomes the model: `best` (highest `select_metric`), `last`, or `auto`: `last` when "
+            "random scores move the selection metric by more than 0.02 (sd) on the validation set (a few dozen "
+            "recordings per class or fewer), `best` otherwise and for the soundscape metrics."
+        ),
+    )
 
 
 @dataclass(frozen=True)

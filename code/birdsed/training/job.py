@@ -270,11 +270,11 @@ def end_of_epoch(job: Job, progress: Progress, record: dict) -> None:
     """Record the epoch, keep the best weights (of this round, and of the job), write a checkpoint."""
     progress.history.append(record)
     progress.start_epoch(record["epoch"])
-    metric = job.reference.metric
-    # Both files follow `selection.best_record`, the rule `finish` and the next round use, so that the weights
+    metric, rule = job.reference.metric, job.reference.epoch_rule
+    # Both files follow `selection.chosen_record`, the rule `finish` and the next round use, so that the weights
     # kept are always those of the epoch whose scores are reported (without validation: the latest).
-    round_best = newest_is_best(progress.history, metric, progress.round)
-    job_best = job.cfg.soundscapes.pseudo_rounds and newest_is_best(progress.history, metric)
+    round_best = newest_is_best(progress.history, metric, progress.round, rule)
+    job_best = job.cfg.soundscapes.pseudo_rounds and newest_is_best(progress.history, metric, rule=rule)
     state = checkpoint_state(job, progress)  # collective: every process contributes its RNG state
     validated = validated_weights(state)
     if job.distributed.is_main:
@@ -290,10 +290,10 @@ def validated_weights(state: dict) -> dict[str, torch.Tensor]:
     return state["model"] if state.get("ema") is None else state["ema"]
 
 
-def newest_is_best(history: list[dict], metric: str, round_number: int | None = None) -> bool:
-    """Whether the newest record is the one `selection.best_record` picks, in its round or (None) in the job."""
+def newest_is_best(history: list[dict], metric: str, round_number: int | None = None, rule: str = "best") -> bool:
+    """Whether the newest record is the one `selection.chosen_record` picks, in its round or (None) in the job."""
     candidates = history if round_number is None else rounds.round_history(history, round_number)
-    return selection.best_record(candidates, metric) is history[-1]
+    return selection.chosen_record(candidates, metric, rule) is history[-1]
 
 
 def write_checkpoint(job: Job, progress: Progress) -> None:
@@ -449,7 +449,7 @@ def check_compatible(state: dict, job: Job) -> None:
 
 def finish(job: Job, progress: Progress) -> dict:
     """Write the best weights (of every round), labels and config to the model dir, and the metrics history."""
-    best = selection.best_record(progress.history, job.reference.metric)
+    best = job.reference.delivered(progress.history)
     if not job.distributed.is_main:
         return best or {}
     env = job.env
@@ -472,8 +472,8 @@ def finish(job: Job, progress: Progress) -> dict:
     if best is not None:
         in_round = f" of round {best['round']}" if "round" in best else ""
         logger.info(
-            "Model written to %s (best epoch=%d%s by %s: %s)", env.model_dir, best["epoch"], in_round,
-            job.reference.metric, selection.describe_scores(best, job.reference.metric),
+            "Model written to %s (%s%s: %s)", env.model_dir, job.reference.describe_choice(best), in_round,
+            selection.describe_scores(best, job.reference.metric),
         )  # fmt: skip
         rounds.log_round_choice(progress.history, best, job.reference.metric)
     return best or {}

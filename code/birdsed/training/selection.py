@@ -6,6 +6,13 @@ recordings per class, the padding dominates and random scores reach ~0.92 (16 re
 Selecting the best epoch by it then picks noise. `select_metric=auto` therefore uses val_cmap only when
 random scores stay at or below `PADDED_CHANCE_LIMIT` on the job's validation set, and val_auc (0.5 at
 chance, whatever the set's size) otherwise; the log says which and why.
+
+On a small validation set that metric is also noisy: random scores of 16 recordings move val_auc by about
+0.08 (standard deviation), more than epochs late in a run differ, so the highest epoch is mostly the luckiest
+one. On real_birds the epoch picked that way scored 0.839 on held-out recordings (mean of 4 seeds), the last
+epoch of the same runs 0.876 (docs/recipe.md). `select_epoch=auto` therefore delivers the last epoch (the end
+of the learning-rate schedule) when the selection metric's spread under random scores exceeds
+`SELECTION_NOISE_LIMIT`, and the best epoch otherwise.
 """
 
 from __future__ import annotations
@@ -35,36 +42,52 @@ CHANCE_CELLS_PER_DRAW = 1_000_000
 # Validation probabilities whose standard deviation across items (mean over classes) is below this do not
 # depend on the input: untrained models measured 0.008-0.02, trained ones 0.1-0.3 (docs/recipe.md).
 FLAT_SCORE_STD = 0.03
+# Above this standard deviation of the selection metric under random scores, ranking epochs by it picks noise.
+# Late epochs of a run differ by a few hundredths; 16 validation recordings of 16 classes measure 0.08 (val_auc).
+SELECTION_NOISE_LIMIT = 0.02
 # A best val_auc within this of chance (0.5) is reported as "at chance".
 NEAR_CHANCE = 0.05
 
 
 def chance_levels(truth: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean val_cmap and val_auc of uniform random scores on this validation truth.
+    """Mean val_cmap and val_auc of uniform random scores on this validation truth."""
+    return {name: float(np.mean(values)) for name, values in chance_draws(truth, seed).items()}
 
-    The draws sit side by side as extra columns of one matrix: both metrics are macro averages over
-    columns, so one pass gives the mean over draws. AUC is the Mann-Whitney rank formula (random scores
-    have no ties), sklearn's roc_auc_score is 100x slower per column here.
+
+def chance_draws(truth: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """val_cmap and val_auc of each of several draws of uniform random scores (NaN without validation data).
+
+    The draws sit side by side as extra columns of one matrix, so that AUC takes one rank pass. AUC is the
+    Mann-Whitney rank formula (random scores have no ties); sklearn's roc_auc_score is 100x slower per column.
     """
     if len(truth) == 0:
-        return {name: math.nan for name in METRICS}
+        return {name: np.array([math.nan]) for name in METRICS}
     draws = max(3, min(CHANCE_DRAWS, CHANCE_CELLS_PER_DRAW // truth.size))
     tiled = (np.tile(truth, (1, draws)) > 0).astype(np.int64)
     scores = np.random.default_rng(seed).random(tiled.shape)
-    return {"val_cmap": padded_cmap(tiled, scores), "val_auc": rank_auc(tiled, scores)}
+    columns = truth.shape[1]
+    per_column_auc = column_aucs(tiled, scores).reshape(draws, columns)
+    scored = ~np.isnan(per_column_auc[0])
+    aucs = per_column_auc[:, scored].mean(axis=1) if scored.any() else np.full(draws, math.nan)
+    cmaps = [padded_cmap(tiled[:, d * columns : (d + 1) * columns], scores[:, d * columns : (d + 1) * columns])
+             for d in range(draws)]  # fmt: skip
+    return {"val_cmap": np.asarray(cmaps), "val_auc": aucs}
+
+
+def column_aucs(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each column for scores without ties; NaN for columns without positives or negatives."""
+    positives = truth.sum(axis=0)
+    negatives = len(truth) - positives
+    ranks = scores.argsort(axis=0).argsort(axis=0) + 1  # 1-based rank of each score in its column
+    rank_sums = (ranks * truth).sum(axis=0)
+    auc = (rank_sums - positives * (positives + 1) / 2) / np.maximum(positives * negatives, 1)
+    return np.where((positives > 0) & (negatives > 0), auc, math.nan)
 
 
 def rank_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     """Macro ROC-AUC over columns with positives and negatives, for scores without ties."""
-    positives = truth.sum(axis=0)
-    negatives = len(truth) - positives
-    scored = (positives > 0) & (negatives > 0)
-    if not scored.any():
-        return math.nan
-    ranks = scores.argsort(axis=0).argsort(axis=0) + 1  # 1-based rank of each score in its column
-    rank_sums = (ranks * truth).sum(axis=0)
-    auc = (rank_sums - positives * (positives + 1) / 2) / np.maximum(positives * negatives, 1)
-    return float(auc[scored].mean())
+    aucs = column_aucs(truth, scores)
+    return math.nan if np.isnan(aucs).all() else float(np.nanmean(aucs))
 
 
 def choose_metric(requested: str, chance: dict[str, float]) -> tuple[str, str]:
@@ -85,6 +108,22 @@ def choose_metric(requested: str, chance: dict[str, float]) -> tuple[str, str]:
     return "val_cmap", f"auto: random scores reach val_cmap={chance['val_cmap']:.3f}, at most {PADDED_CHANCE_LIMIT}"
 
 
+def choose_epoch_rule(requested: str, metric: str, noise: dict[str, float], recordings: int) -> tuple[str, str]:
+    """(rule, reason) for `select_epoch` = auto, best or last; `noise` is `chance_noise` of the focal set."""
+    if requested != "auto":
+        return requested, "asked for"
+    if metric in SOUNDSCAPE_METRICS:
+        return "best", f"auto: {metric} was asked for by name; set select_epoch=last to deliver the last epoch"
+    spread = noise.get(metric, math.nan)
+    if not spread > SELECTION_NOISE_LIMIT:
+        return "best", f"auto: random scores move {metric} by {spread:.3f} (sd) here, at most {SELECTION_NOISE_LIMIT}"
+    return "last", (
+        f"auto: random scores move {metric} by {spread:.3f} (sd) on these {recordings} validation recordings, "
+        f"above {SELECTION_NOISE_LIMIT}: the highest epoch would be the luckiest, so the model is the last "
+        "epoch's, at the end of the learning-rate schedule"
+    )
+
+
 def check_available(metric: str, has_soundscape_validation: bool) -> None:
     """A soundscape metric needs the channel that produces it."""
     if metric in SOUNDSCAPE_METRICS and not has_soundscape_validation:
@@ -92,6 +131,13 @@ def check_available(metric: str, has_soundscape_validation: bool) -> None:
             f"select_metric={metric} needs a 'soundscape_validation' channel (audio + soundscape_labels.csv); "
             "add the channel or pick val_cmap / val_auc."
         )
+
+
+def chosen_record(history: list[dict], metric: str, rule: str) -> dict | None:
+    """The epoch whose weights become the model: the last one, or the best by `metric`."""
+    if rule == "last":
+        return history[-1] if history else None
+    return best_record(history, metric)
 
 
 def selection_score(record: dict, metric: str) -> float:
@@ -129,6 +175,8 @@ class ValidationReference:
     reason: str
     chance: dict[str, float]
     baseline: dict | None = None  # BaselineResult.to_dict(), None when off or impossible
+    epoch_rule: str = "best"  # select_epoch resolved: "best" (by `metric`) or "last"
+    epoch_reason: str = "asked for"
     baseline_note: str = ""
     warned_flat: bool = field(default=False, compare=False)
 
@@ -138,12 +186,25 @@ class ValidationReference:
             self.chance["val_cmap"], self.chance["val_auc"], validation_recordings,
         )  # fmt: skip
         logger.info("select_metric=%s (%s)", self.metric, self.reason)
+        logger.info("select_epoch=%s (%s)", self.epoch_rule, self.epoch_reason)
+
+    def delivered(self, history: list[dict]) -> dict | None:
+        """The record whose weights become the model (of the job, or of the round `history` holds)."""
+        return chosen_record(history, self.metric, self.epoch_rule)
+
+    def describe_choice(self, record: dict) -> str:
+        """`best epoch=N by val_auc` or `last epoch=N`, for log lines about the delivered model."""
+        if self.epoch_rule == "last":
+            return f"last epoch={record['epoch']}, select_epoch=last"
+        return f"best epoch={record['epoch']} by {self.metric}"
 
     def summary(self) -> dict:
         """For metrics.json."""
         return {
             "select_metric": self.metric,
             "select_reason": self.reason,
+            "select_epoch": self.epoch_rule,
+            "select_epoch_reason": self.epoch_reason,
             "chance": self.chance,
             "baseline": self.baseline,
         }
@@ -168,27 +229,27 @@ class ValidationReference:
             )  # fmt: skip
 
     def end_of_job_warnings(self, best: dict | None) -> list[str]:
-        """Warnings about the delivered model (the best epoch), each also logged."""
+        """Warnings about the delivered model (`best`: its epoch's record), each also logged."""
         if not best or math.isnan(best.get("val_auc", math.nan)):
             return []
         warnings = []
-        epoch, auc = best["epoch"], best["val_auc"]
+        auc = best["val_auc"]
         if self.baseline and not auc > self.baseline["val_auc"]:
             warnings.append(
-                f"The model's best epoch ({epoch}, by {self.metric}) has val_auc={auc:.4f}, which does not beat the "
+                f"The model ({self.describe_choice(best)}) has val_auc={auc:.4f}, which does not beat the "
                 f"baseline's baseline_val_auc={self.baseline['val_auc']:.4f} (log-mel statistics + logistic "
                 "regression): the network has not learned more than band energies tell. Train longer, use "
                 "pretrained weights, or see docs/recipe.md."
             )
         if auc < self.chance["val_auc"] + NEAR_CHANCE:
             warnings.append(
-                f"The best epoch's val_auc={auc:.4f} is at or below chance level "
+                f"The model's val_auc={auc:.4f} is at or below chance level "
                 f"(chance_val_auc={self.chance['val_auc']:.2f}): the model has not learned."
             )
         spread = best.get("val_score_std", math.nan)
         if spread < FLAT_SCORE_STD:
             warnings.append(
-                f"The best epoch's validation predictions barely vary (std {spread:.4f} across items): the model "
+                f"The model's validation predictions barely vary (std {spread:.4f} across items): it "
                 "scores every input nearly alike."
             )
         for warning in warnings:
@@ -200,9 +261,12 @@ def build_reference(
     cfg: Config, data: TrainingData, truth: np.ndarray, device: torch.device, workers: int
 ) -> ValidationReference:
     """Chance levels, the selection metric and the baseline of this job's validation set, logged once."""
-    chance = chance_levels(truth, cfg.run.seed)
+    draws = chance_draws(truth, cfg.run.seed)
+    chance = {name: float(np.mean(values)) for name, values in draws.items()}
+    noise = {name: float(np.std(values)) for name, values in draws.items()}
     metric, reason = choose_metric(cfg.validation.select_metric, chance)
-    reference = ValidationReference(metric, reason, chance)
+    rule, rule_reason = choose_epoch_rule(cfg.validation.select_epoch, metric, noise, len(truth))
+    reference = ValidationReference(metric, reason, chance, epoch_rule=rule, epoch_reason=rule_reason)
     if len(truth):
         reference.log_start(len(truth))
     if cfg.validation.baseline == "off" or not len(truth):
