@@ -16,7 +16,10 @@ band's mean and std over a whole recording, 64 mels) is fitted on the training r
 on the held-out ones (`baseline_auc`). One line per configuration:
 
     config=NAME heldout_auc=X heldout_top1=X train_auc=X train_heldout_gap=X baseline_auc=X
-        baseline_top1=X best_val_auc=X job_baseline_val_auc=X steps=N minutes=X cpu_minutes=X
+        baseline_top1=X model_epoch=N model_val_auc=X job_baseline_val_auc=X steps=N minutes=X cpu_minutes=X
+
+`model_epoch` and `model_val_auc` are the delivered epoch's (by the job's `select_epoch` rule: on real_birds'
+16 validation recordings, the last epoch) and its score on the job's own validation recordings.
 
 A job with `ema_decay` also gets `last_raw_heldout_auc` and `last_ema_heldout_auc`: its last checkpoint's raw
 and averaged weights, scored the same way (a paired comparison within one run). `minutes` is the job's wall
@@ -175,12 +178,13 @@ def last_epoch_pair(base: Path, loaded: predict.LoadedModel, split: Split) -> di
 
 def summary_line(name: str, job: dict[str, object], scores: dict[str, float], reference: dict[str, float]) -> str:
     metrics = job["metrics"]
-    best = metrics.get("best") or {}
+    delivered = metrics.get("best") or {}  # metrics.json's record of the epoch that became the model
     values = {
         "config": name,
         **scores,
         **reference,
-        "best_val_auc": best.get("val_auc"),
+        "model_epoch": delivered.get("epoch"),
+        "model_val_auc": delivered.get("val_auc"),
         "job_baseline_val_auc": (metrics.get("baseline") or {}).get("val_auc"),
         "steps": metrics.get("steps"),
         "minutes": job["minutes"],

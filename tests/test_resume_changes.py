@@ -112,7 +112,8 @@ def test_a_damaged_best_model_at_the_end_falls_back_to_the_checkpoint(trained, t
     base = copy_of(trained, tmp_path)
     best = base / "checkpoints" / "best_model.pt"
     best.write_bytes(best.read_bytes()[:5000])
-    assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments(FIRST)) == 0
+    # select_epoch=best reads best_model.pt (this small validation set's auto rule, last, does not: below).
+    assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments({**FIRST, "select_epoch": "best"})) == 0
     output = capsys.readouterr().out
     assert "best_model.pt is unreadable" in output and "moved aside to best_model.pt.unreadable" in output
     assert "The model is written with the weights of checkpoint-" in output and "(epoch 1, the best epoch)" in output
@@ -162,3 +163,18 @@ def test_a_checkpoint_of_an_earlier_version_with_best_score_in_its_progress_resu
     assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments({**FIRST, "epochs": 2})) == 0
     assert "Resumed at epoch=2 batch=0" in capsys.readouterr().out
     assert (base / "model" / "model.pt").is_file()
+
+
+def test_the_last_epoch_rule_writes_the_last_weights_whatever_best_model_holds(trained, tmp_path, capsys):
+    """select_epoch=last (auto on this small validation set) delivers the weights training ended with."""
+    base = copy_of(trained, tmp_path)
+    (base / "checkpoints" / "best_model.pt").write_bytes(b"not a model")
+    assert train_command.main({"SAGEMAKER_BASE_DIR": str(base)}, arguments(FIRST)) == 0
+    output = capsys.readouterr().out
+    assert "select_epoch=last (auto: random scores move val_auc by" in output
+    assert "unreadable" not in output and "last epoch=1, select_epoch=last" in output
+    newest = sorted((base / "checkpoints").glob("checkpoint-*.pt"))[-1]
+    expected = torch.load(newest, weights_only=True)["model"]
+    written = torch.load(base / "model" / "model.pt", weights_only=True)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(written[name], tensor, rtol=0, atol=0, msg=name)

@@ -78,7 +78,7 @@ class Reporter:
         self.writer.flush()
 
     def finish(self, history: list[dict], best: dict | None, references: dict[str, float] | None = None) -> None:
-        """Per-class AP of the best epoch to TensorBoard, all plots to PNG; closes the writer.
+        """Per-class AP of the delivered epoch to TensorBoard, all plots to PNG; closes the writer.
 
         `references` (name -> value: chance levels, the baseline) are drawn as dashed lines on the
         validation-metrics plot."""
@@ -189,7 +189,7 @@ def _ap_title(ap: dict[str, float], best: dict | None) -> str:
         return "validation AP per class (no validation data)"
     missing = sum(1 for value in ap.values() if value is None or not math.isfinite(value))
     note = f"; {missing} without validation recordings (no bar)" if missing else ""
-    return f"validation AP per class, best epoch {best['epoch']}{note}"
+    return f"validation AP per class, epoch {best['epoch']} (the model's){note}"
 
 
 def _nan_if_missing(value: float | None) -> float:

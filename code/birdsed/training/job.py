@@ -480,13 +480,16 @@ def finish(job: Job, progress: Progress) -> dict:
 
 
 def final_weights(job: Job, best: dict | None) -> dict[str, torch.Tensor]:
-    """The best epoch's weights from `best_model.pt`; the current ones when there is none.
+    """The delivered epoch's weights: the current ones with `select_epoch=last`, else the best epoch's from
+    `best_model.pt` (the current ones when there is none).
 
     An unreadable or foreign `best_model.pt` (a damaged copy back from S3) is moved aside, and the
     model comes from the best epoch's checkpoint if it is still kept, else from the newest one that
     loads: a finished run never ends in an internal error, nor without a model.
     """
     current = job.trainer.evaluated_model.state_dict()
+    if job.reference.epoch_rule == "last":
+        return current  # the last epoch's, even when a resumed run had kept another rule's best file
     name = BEST_OF_ALL_ROUNDS_FILE if job.cfg.soundscapes.pseudo_rounds else BEST_WEIGHTS_FILE
     path = job.env.checkpoint_dir / name
     if not path.is_file():

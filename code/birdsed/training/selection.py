@@ -8,7 +8,7 @@ random scores stay at or below `PADDED_CHANCE_LIMIT` on the job's validation set
 chance, whatever the set's size) otherwise; the log says which and why.
 
 On a small validation set that metric is also noisy: random scores of 16 recordings move val_auc by about
-0.08 (standard deviation), more than epochs late in a run differ, so the highest epoch is mostly the luckiest
+0.06-0.09 (standard deviation), more than epochs late in a run differ, so the highest epoch is mostly the luckiest
 one. On real_birds the epoch picked that way scored 0.839 on held-out recordings (mean of 4 seeds), the last
 epoch of the same runs 0.876 (docs/recipe.md). `select_epoch=auto` therefore delivers the last epoch (the end
 of the learning-rate schedule) when the selection metric's spread under random scores exceeds
@@ -43,7 +43,7 @@ CHANCE_CELLS_PER_DRAW = 1_000_000
 # depend on the input: untrained models measured 0.008-0.02, trained ones 0.1-0.3 (docs/recipe.md).
 FLAT_SCORE_STD = 0.03
 # Above this standard deviation of the selection metric under random scores, ranking epochs by it picks noise.
-# Late epochs of a run differ by a few hundredths; 16 validation recordings of 16 classes measure 0.08 (val_auc).
+# Late epochs of a run differ by a few hundredths; 16 validation recordings of 16 classes measure 0.06-0.09 (val_auc).
 SELECTION_NOISE_LIMIT = 0.02
 # A best val_auc within this of chance (0.5) is reported as "at chance".
 NEAR_CHANCE = 0.05
