@@ -69,8 +69,8 @@ def chance_draws(truth: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     per_column_auc = column_aucs(tiled, scores).reshape(draws, columns)
     scored = ~np.isnan(per_column_auc[0])
     aucs = per_column_auc[:, scored].mean(axis=1) if scored.any() else np.full(draws, math.nan)
-    cmaps = [padded_cmap(tiled[:, d * columns : (d + 1) * columns], scores[:, d * columns : (d + 1) * columns])
-             for d in range(draws)]  # fmt: skip
+    blocks = zip(np.split(tiled, draws, axis=1), np.split(scores, draws, axis=1), strict=True)
+    cmaps = [padded_cmap(truth_block, score_block) for truth_block, score_block in blocks]
     return {"val_cmap": np.asarray(cmaps), "val_auc": aucs}
 
 
@@ -109,7 +109,8 @@ def choose_metric(requested: str, chance: dict[str, float]) -> tuple[str, str]:
 
 
 def choose_epoch_rule(requested: str, metric: str, noise: dict[str, float], recordings: int) -> tuple[str, str]:
-    """(rule, reason) for `select_epoch` = auto, best or last; `noise` is `chance_noise` of the focal set."""
+    """(rule, reason) for `select_epoch` = auto, best or last; `noise`: each focal metric's standard deviation
+    over `chance_draws` (how far luck alone moves it on this validation set)."""
     if requested != "auto":
         return requested, "asked for"
     if metric in SOUNDSCAPE_METRICS:
