@@ -14,10 +14,10 @@ def one_per_class(classes: int, per_class: int = 1) -> np.ndarray:
 
 
 def test_random_scores_flatter_padded_cmap_on_small_sets_but_not_auc():
-    small = selection.chance_levels(one_per_class(16))
+    small, _ = selection.chance_levels(one_per_class(16))
     assert small["val_cmap"] > 0.85  # the issue measured ~0.92 with 16 validation recordings
     assert small["val_auc"] == pytest.approx(0.5, abs=0.05)
-    large = selection.chance_levels(one_per_class(16, per_class=40))
+    large, _ = selection.chance_levels(one_per_class(16, per_class=40))
     assert large["val_cmap"] < 0.3
     assert large["val_auc"] == pytest.approx(0.5, abs=0.02)
 
@@ -32,9 +32,9 @@ def test_rank_auc_agrees_with_sklearn():
 
 
 def test_auto_selects_val_auc_where_padding_flatters_cmap_and_says_why():
-    metric, reason = selection.choose_metric("auto", selection.chance_levels(one_per_class(16)))
+    metric, reason = selection.choose_metric("auto", selection.chance_levels(one_per_class(16))[0])
     assert metric == "val_auc" and "padding" in reason and "val_cmap=0.9" in reason
-    metric, _ = selection.choose_metric("auto", selection.chance_levels(one_per_class(16, per_class=40)))
+    metric, _ = selection.choose_metric("auto", selection.chance_levels(one_per_class(16, per_class=40))[0])
     assert metric == "val_cmap"
     assert selection.choose_metric("val_cmap", {"val_cmap": 0.95, "val_auc": 0.5}) == ("val_cmap", "asked for")
     # A single-class validation set has no AUC: cmAP is all there is.
@@ -62,10 +62,12 @@ def test_chance_noise_is_large_on_small_sets_and_small_on_large_ones():
     assert 0.05 < np.std(small["val_auc"]) < 0.11
     large = selection.chance_draws(one_per_class(16, per_class=60))
     assert np.std(large["val_auc"]) < selection.SELECTION_NOISE_LIMIT
-    # The per-draw values average to the chance levels the job logs.
-    assert np.mean(small["val_cmap"]) == pytest.approx(selection.chance_levels(one_per_class(16))["val_cmap"])
+    # The per-draw values give the chance levels the job logs and the spreads that choose its epoch rule.
+    level, spread = selection.chance_levels(one_per_class(16))
+    assert np.mean(small["val_cmap"]) == pytest.approx(level["val_cmap"])
+    assert np.std(small["val_auc"]) == pytest.approx(spread["val_auc"])
     empty = selection.chance_draws(np.zeros((0, 4), dtype=np.int64))
-    assert math.isnan(selection.chance_levels(np.zeros((0, 4), dtype=np.int64))["val_auc"])
+    assert math.isnan(selection.chance_levels(np.zeros((0, 4), dtype=np.int64))[0]["val_auc"])
     assert all(math.isnan(values[0]) for values in empty.values())
 
 

@@ -49,9 +49,13 @@ SELECTION_NOISE_LIMIT = 0.02
 NEAR_CHANCE = 0.05
 
 
-def chance_levels(truth: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean val_cmap and val_auc of uniform random scores on this validation truth."""
-    return {name: float(np.mean(values)) for name, values in chance_draws(truth, seed).items()}
+def chance_levels(truth: np.ndarray, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """(level, spread) of val_cmap and val_auc under uniform random scores on this validation truth: the mean
+    of the draws (what a model at chance scores) and their standard deviation (how far luck alone moves it)."""
+    draws = chance_draws(truth, seed)
+    level = {name: float(np.mean(values)) for name, values in draws.items()}
+    spread = {name: float(np.std(values)) for name, values in draws.items()}
+    return level, spread
 
 
 def chance_draws(truth: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
@@ -262,9 +266,7 @@ def build_reference(
     cfg: Config, data: TrainingData, truth: np.ndarray, device: torch.device, workers: int
 ) -> ValidationReference:
     """Chance levels, the selection metric and the baseline of this job's validation set, logged once."""
-    draws = chance_draws(truth, cfg.run.seed)
-    chance = {name: float(np.mean(values)) for name, values in draws.items()}
-    noise = {name: float(np.std(values)) for name, values in draws.items()}
+    chance, noise = chance_levels(truth, cfg.run.seed)
     metric, reason = choose_metric(cfg.validation.select_metric, chance)
     rule, rule_reason = choose_epoch_rule(cfg.validation.select_epoch, metric, noise, len(truth))
     reference = ValidationReference(metric, reason, chance, epoch_rule=rule, epoch_reason=rule_reason)
