@@ -1,7 +1,9 @@
+import dataclasses
+
 import torch
 
 from birdsed.config import FeatureConfig
-from birdsed.features import LogMelDeltas
+from birdsed.features import FIXED_DB_STD, LogMelDeltas
 
 FEATURES = FeatureConfig(n_mels=32, n_fft=512, hop_length=128, fmin=50, fmax=8000)
 
@@ -22,6 +24,19 @@ def test_log_mel_channel_is_standardised_per_item():
     out = LogMelDeltas(16000, FEATURES)(tone_batch([500, 3000]) * torch.tensor([[1.0], [100.0]]))
     torch.testing.assert_close(out[:, 0].mean(dim=(1, 2)), torch.zeros(2), atol=1e-4, rtol=0)
     torch.testing.assert_close(out[:, 0].std(dim=(1, 2)), torch.ones(2), atol=1e-3, rtol=0)
+
+
+def test_fixed_scale_keeps_the_level_that_per_item_standardisation_removes():
+    """`spec_norm=fixed`: 10x the amplitude is +20 dB, a shift of the log-mel by 20 / FIXED_DB_STD; same deltas."""
+    waveform = tone_batch([1000])
+    louder = torch.cat([waveform, 10.0 * waveform])
+    fixed = LogMelDeltas(16000, dataclasses.replace(FEATURES, spec_norm="fixed"))(louder)
+    torch.testing.assert_close(
+        fixed[1, 0] - fixed[0, 0], torch.full_like(fixed[0, 0], 20.0 / FIXED_DB_STD), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(fixed[1, 1:], fixed[0, 1:], atol=1e-4, rtol=0)
+    per_item = LogMelDeltas(16000, FEATURES)(louder)
+    torch.testing.assert_close(per_item[1], per_item[0], atol=1e-3, rtol=0)
 
 
 def test_items_do_not_influence_each_other_in_a_batch():

@@ -189,6 +189,15 @@ class FeatureConfig:
     top_db: float = field(
         default=80.0, metadata=_range(10.0, 200.0, help="dB of dynamic range kept per crop below its loudest bin.")
     )
+    # Per-item standardisation drops each crop's absolute level (the recordist's gain and distance), which
+    # soundscapes do not share with focal recordings; `fixed` keeps it (issue 18's ablation, docs/recipe.md).
+    spec_norm: Literal["item", "fixed"] = field(
+        default="item",
+        metadata=_doc(
+            "How the log-mel is scaled: item (each crop to mean 0, std 1: level-free) or fixed (dB by fixed "
+            "constants: keeps each recording's absolute level)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
