@@ -47,10 +47,10 @@ def test_hp_overrides_reach_every_job_even_the_round_settings(tmp_path, monkeypa
     monkeypatch.setattr(demo, "make_data", lambda workdir, seed, sets: {name: tmp_path / name for name in sets})
     monkeypatch.setattr(demo, "unlabelled_soundscapes", write_answer_key)
     arguments = ["--workdir", str(tmp_path), "--seeds", "0", "--pseudo-epochs", "2"]
-    assert experiment.main([*arguments, "--hp", "pseudo_lr_scale=0.1", "--hp", "mix_p=0"]) == 0
+    assert experiment.main([*arguments, "--hp", "pseudo_lr_scale=0.2", "--hp", "mix_p=0"]) == 0
 
     assert set(trained) == {"rounds0", "rounds0_long", "rounds2"}
-    assert trained["rounds2"]["pseudo_lr_scale"] == "0.1"  # not the demo's 0.3 (--hp values stay strings)
+    assert trained["rounds2"]["pseudo_lr_scale"] == "0.2"  # not the demo's 0.1 (--hp values stay strings)
     assert trained["rounds2"]["pseudo_epochs"] == 2 and trained["rounds2"]["pseudo_rounds"] == 2
     assert all(job["mix_p"] == "0" for job in trained.values())
     assert trained["rounds0_long"]["epochs"] == demo.FOCAL_HYPERPARAMETERS["epochs"] + 4
