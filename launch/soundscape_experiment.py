@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -112,10 +111,12 @@ def pseudo_label_quality(base: Path, workdir: Path, seed: int, duration: float) 
     if not files:
         return {}
     truth_dir = workdir / f"data-seed{seed}" / f"unlabelled-labels-{duration:g}s"
-    if not (truth_dir / ".done").exists():  # the same audio again (same seed), with labels per job window
-        shutil.rmtree(truth_dir, ignore_errors=True)
-        demo.unlabelled_soundscapes(truth_dir, seed, labelled=True, window=duration)
-        (truth_dir / ".done").touch()
+    # The same audio again (same seed), with labels per job window; made again when the unlabelled set's size changes.
+    demo.made_once(
+        truth_dir,
+        demo.SET_SIZES["unlabelled"],
+        lambda path: demo.unlabelled_soundscapes(path, seed, labelled=True, window=duration),
+    )
     truth = read_labels_file(truth_dir)  # the job's own reader of soundscape_labels.csv
     present = {(row.filename, row.start): set(row.labels) for row in truth.itertuples()}
     figures = {}

@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from birdsed.config import TINY_HYPERPARAMETERS
@@ -60,20 +61,29 @@ def make_data(
     clips), `dev` (labelled soundscapes), `unlabelled`, and `test` (labelled, for held-out scoring)."""
     data = workdir / f"data-seed{seed}"
     makers = {
-        "train": lambda path, size: make_dataset(path, species=SPECIES, recordings_per_species=size, seed=seed),
-        "dev": lambda path, size: make_soundscapes(path, SPECIES, files=size, seconds=60, seed=1000 + seed),
-        "unlabelled": lambda path, size: unlabelled_soundscapes(path, seed),
-        "test": lambda path, size: make_soundscapes(path, SPECIES, files=size, seconds=60, seed=3000 + seed),
+        "train": lambda path: make_dataset(path, species=SPECIES, recordings_per_species=SET_SIZES["train"], seed=seed),
+        "dev": lambda path: make_soundscapes(path, SPECIES, files=SET_SIZES["dev"], seconds=60, seed=1000 + seed),
+        "unlabelled": lambda path: unlabelled_soundscapes(path, seed),
+        "test": lambda path: make_soundscapes(path, SPECIES, files=SET_SIZES["test"], seconds=60, seed=3000 + seed),
     }
     for name in sets:
-        done, size = data / f".{name}.done", SET_SIZES[name]
-        if not done.is_file() or done.read_text().strip() != str(size):
-            print(f"Generating {name} in {data / name} ...", file=sys.stderr, flush=True)
-            if (data / name).exists():
-                shutil.rmtree(data / name)  # a half-written set from an interrupted run, or an older demo's
-            makers[name](data / name, size)
-            done.write_text(f"{size}\n")
+        made_once(data / name, SET_SIZES[name], makers[name])
     return {name: data / name for name in sets}
+
+
+def made_once(path: Path, size: int, make: Callable[[Path], object]) -> None:
+    """`make(path)` unless the marker beside `path` (`.NAME.done`, holding `size`) says it is already there.
+
+    A set without that marker is half-written (an interrupted run) or an older demo's: it is removed first.
+    """
+    done = path.parent / f".{path.name}.done"
+    if done.is_file() and done.read_text().strip() == str(size):
+        return
+    print(f"Generating {path.name} in {path} ...", file=sys.stderr, flush=True)
+    if path.exists():
+        shutil.rmtree(path)
+    make(path)
+    done.write_text(f"{size}\n")
 
 
 def unlabelled_soundscapes(path: Path, seed: int, labelled: bool = False, window: float = 5.0) -> Path:
